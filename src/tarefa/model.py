@@ -1,0 +1,265 @@
+"""The Job model and its state transitions: pure, no I/O.
+
+Every change to a job goes through one of the transition functions below. Each returns a new
+:class:`Job` (jobs are immutable values) whose ``last_modified`` is strictly later than the
+previous one, even when the clock has not moved (see :func:`next_timestamp`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+ONE_MICROSECOND = timedelta(microseconds=1)
+
+
+class JobState(StrEnum):
+    """The four states of a job. ``SUCCESS`` and ``FAILURE`` are terminal and final."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobState.SUCCESS, JobState.FAILURE)
+
+
+class InvalidTransition(Exception):
+    """A transition that SPEC §1 does not allow (e.g. a terminal job changing state)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobError:
+    """Why a job failed: a snake_case ``code`` and a human-readable ``message``."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One job, as stored. Fields after ``resource`` are internal and never sent to clients."""
+
+    id: str
+    operation: str
+    state: JobState
+    message: str
+    progress: int | None
+    create_time: datetime
+    start_time: datetime | None
+    end_time: datetime | None
+    last_modified: datetime
+    result: Any = None
+    error: JobError | None = None
+    resource: str | None = None
+    # internal
+    owner: str = ""
+    input: Any = None
+    cancel_requested: bool = False
+    attempts: int = 0
+    max_attempts: int = 1
+    lease_owner: str | None = None
+    lease_expires: datetime | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state.is_terminal
+
+
+# -- time ---------------------------------------------------------------------------------------
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def next_timestamp(previous: datetime | None, now: datetime) -> datetime:
+    """``now`` truncated to microseconds, or one microsecond after ``previous`` if not later."""
+    now = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+    if previous is not None and now <= previous:
+        return previous + ONE_MICROSECOND
+    return now
+
+
+def format_timestamp(value: datetime) -> str:
+    """RFC 3339 in UTC with microseconds and a ``Z`` suffix, as on the wire."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:?\d{2})$"
+)
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse an RFC 3339 timestamp of any sub-second precision, with ``Z`` or an offset.
+
+    Digits beyond microseconds are truncated (a client echoing a nanosecond clock loses nothing
+    it could compare against). Raises :class:`ValueError` with a readable reason.
+    """
+    match = _RFC3339.match(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not an RFC 3339 timestamp such as 2026-11-28T14:00:00.123456Z")
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    micros = int((fraction or "0")[:6].ljust(6, "0"))
+    if zone in ("Z", "z"):
+        offset = timedelta(0)
+    else:
+        sign = -1 if zone[0] == "-" else 1
+        digits = zone[1:].replace(":", "")
+        offset = sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
+    try:
+        naive = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micros)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a valid date and time: {exc}") from None
+    return (naive - offset).replace(tzinfo=UTC)
+
+
+# -- creation and transitions -------------------------------------------------------------------
+
+
+def new_job_id() -> str:
+    """128 random bits, URL-safe base64 without padding (22 characters)."""
+    return secrets.token_urlsafe(16)
+
+
+def new_job(
+    operation: str,
+    *,
+    now: datetime,
+    input: Any = None,
+    owner: str = "",
+    resource: str | None = None,
+    max_attempts: int = 1,
+    message: str = "Queued",
+) -> Job:
+    created = next_timestamp(None, now)
+    return Job(
+        id=new_job_id(),
+        operation=operation,
+        state=JobState.QUEUED,
+        message=message,
+        progress=None,
+        create_time=created,
+        start_time=None,
+        end_time=None,
+        last_modified=created,
+        resource=resource,
+        owner=owner,
+        input=input,
+        max_attempts=max(1, max_attempts),
+    )
+
+
+def _require(job: Job, *allowed: JobState) -> None:
+    if job.state not in allowed:
+        names = " or ".join(state.value for state in allowed)
+        raise InvalidTransition(f"job {job.id} is {job.state.value}, not {names}")
+
+
+def _changed(job: Job, now: datetime, **changes: Any) -> Job:
+    return dataclasses.replace(job, last_modified=next_timestamp(job.last_modified, now), **changes)
+
+
+def start(job: Job, *, now: datetime, worker: str, lease_expires: datetime) -> Job:
+    """queued → running, held by ``worker`` until ``lease_expires``."""
+    _require(job, JobState.QUEUED)
+    return _changed(
+        job,
+        now,
+        state=JobState.RUNNING,
+        message="Running",
+        start_time=next_timestamp(job.last_modified, now),
+        attempts=job.attempts + 1,
+        lease_owner=worker,
+        lease_expires=lease_expires,
+    )
+
+
+def report(job: Job, *, now: datetime, message: str | None = None, progress: int | None = None) -> Job:
+    """A running job reports a new message and/or progress (0..100)."""
+    _require(job, JobState.RUNNING)
+    if progress is not None and not 0 <= progress <= 100:
+        raise ValueError(f"progress must be between 0 and 100, not {progress}")
+    return _changed(
+        job,
+        now,
+        message=job.message if message is None else message,
+        progress=job.progress if progress is None else progress,
+    )
+
+
+def succeed(job: Job, *, now: datetime, result: Any, message: str | None = None) -> Job:
+    """running → success with a JSON result."""
+    _require(job, JobState.RUNNING)
+    stamp = next_timestamp(job.last_modified, now)
+    return dataclasses.replace(
+        job,
+        state=JobState.SUCCESS,
+        message=message if message is not None else "Completed",
+        progress=100 if job.progress is not None else None,
+        result=result,
+        end_time=stamp,
+        last_modified=stamp,
+        lease_owner=None,
+        lease_expires=None,
+    )
+
+
+def fail(job: Job, *, now: datetime, error: JobError) -> Job:
+    """queued → failure (cancelled or rejected before it ran) or running → failure."""
+    _require(job, JobState.QUEUED, JobState.RUNNING)
+    stamp = next_timestamp(job.last_modified, now)
+    return dataclasses.replace(
+        job,
+        state=JobState.FAILURE,
+        message=error.message,
+        error=error,
+        result=None,
+        end_time=stamp,
+        last_modified=stamp,
+        lease_owner=None,
+        lease_expires=None,
+    )
+
+
+def request_cancel(job: Job, *, now: datetime) -> Job:
+    """Cancel: a queued job fails at once; a running one is asked to stop (a visible change)."""
+    if job.state is JobState.QUEUED:
+        return fail(job, now=now, error=JobError("cancelled", "Cancelled before it started"))
+    _require(job, JobState.RUNNING)
+    if job.cancel_requested:
+        return job
+    return _changed(job, now, cancel_requested=True, message="Cancellation requested")
+
+
+def lose(job: Job, *, now: datetime) -> Job:
+    """The worker holding a running job is gone: retry if the operation allows it, else fail.
+
+    SPEC §5: a job runs at most once by default (``worker_lost``); an operation declared safe
+    to retry goes back to ``queued`` while it has attempts left.
+    """
+    _require(job, JobState.RUNNING)
+    if job.attempts < job.max_attempts and not job.cancel_requested:
+        return _changed(
+            job,
+            now,
+            state=JobState.QUEUED,
+            message=f"Requeued after its worker was lost (attempt {job.attempts} of {job.max_attempts})",
+            lease_owner=None,
+            lease_expires=None,
+        )
+    if job.cancel_requested:
+        return fail(job, now=now, error=JobError("cancelled", "Cancelled while its worker was lost"))
+    return fail(
+        job,
+        now=now,
+        error=JobError("worker_lost", "The worker running this job stopped before it finished"),
+    )

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from ..model import Job, JobState
+from .. import model
+from ..model import Job, JobError, JobState
 
 
 class StoreError(Exception):
@@ -125,6 +126,13 @@ class Outcome:
     error_code: str = ""
     error_message: str = ""
     message: str | None = None
+
+
+def apply_outcome(job: Job, outcome: Outcome, *, now: datetime) -> Job:
+    """Apply an :class:`Outcome` to a running job with the pure transitions (every backend)."""
+    if outcome.state is JobState.SUCCESS:
+        return model.succeed(job, now=now, result=outcome.result, message=outcome.message)
+    return model.fail(job, now=now, error=JobError(outcome.error_code, outcome.error_message))
 
 
 class Store(Protocol):

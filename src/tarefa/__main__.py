@@ -1,0 +1,3 @@
+from tarefa.cli import main
+
+main()

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 ONE_MICROSECOND = timedelta(microseconds=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class JobState(StrEnum):
@@ -86,6 +87,15 @@ def next_timestamp(previous: datetime | None, now: datetime) -> datetime:
     if previous is not None and now <= previous:
         return previous + ONE_MICROSECOND
     return now
+
+
+def to_microseconds(value: datetime) -> int:
+    """Microseconds since the Unix epoch (exact integer arithmetic)."""
+    return (value - EPOCH) // ONE_MICROSECOND
+
+
+def from_microseconds(value: int) -> datetime:
+    return EPOCH + timedelta(microseconds=value)
 
 
 def format_timestamp(value: datetime) -> str:

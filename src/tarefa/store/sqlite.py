@@ -13,7 +13,7 @@ import fcntl
 import os
 import sqlite3
 from collections.abc import Callable, Collection, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,18 +40,16 @@ from .base import (
 from .sqlite_connection import ConnectionThread, Work
 
 T = TypeVar("T")
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-ONE_US = timedelta(microseconds=1)
 SYNCHRONOUS_MODES = ("full", "normal")
 NO_CHANGES: tuple[JobChange, ...] = ()
 
 
 def to_us(value: datetime | None) -> int | None:
-    return None if value is None else (value - EPOCH) // ONE_US
+    return None if value is None else model.to_microseconds(value)
 
 
 def from_us(value: int | None) -> datetime | None:
-    return None if value is None else EPOCH + timedelta(microseconds=value)
+    return None if value is None else model.from_microseconds(value)
 
 
 def _json(value: Any) -> str | None:
@@ -70,10 +68,10 @@ def row_to_job(row: Sequence[Any]) -> Job:
         state=JobState(row[2]),
         message=row[3],
         progress=row[4],
-        create_time=EPOCH + timedelta(microseconds=row[5]),
+        create_time=model.from_microseconds(row[5]),
         start_time=from_us(row[6]),
         end_time=from_us(row[7]),
-        last_modified=EPOCH + timedelta(microseconds=row[8]),
+        last_modified=model.from_microseconds(row[8]),
         result=_unjson(row[9]),
         error=error,
         resource=row[12],

@@ -1,0 +1,44 @@
+"""tarefa: a first-class asynchronous job layer for HTTP APIs.
+
+Declare operations, mount the job routes, and make endpoints asynchronous::
+
+    from fastapi import FastAPI
+    from tarefa import AsyncCall, JobContext, Tarefa, asynchronous
+
+    jobs = Tarefa()                      # sqlite:///./tarefa.db, 4 workers in this process
+    app = FastAPI()
+    jobs.mount(app, prefix="/api")       # GET /api/jobs, GET/PATCH/DELETE /api/jobs/{id}
+
+    @jobs.operation("report.build")
+    async def build_report(ctx: JobContext, params: ReportIn) -> dict:
+        await ctx.report("Collecting data", progress=10)
+        ...
+        return {"url": "/reports/42"}
+
+    @app.post("/api/reports", **asynchronous())
+    async def start_report(body: ReportIn, call: AsyncCall):
+        return await call.start("report.build", body)
+"""
+
+from .engine import Tarefa
+from .http import ApiError, AsyncCall, JobStarter, asynchronous
+from .model import Job, JobError, JobState
+from .operations import JobCancelled, JobContext, OperationError, ThreadJobContext
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ApiError",
+    "AsyncCall",
+    "Job",
+    "JobCancelled",
+    "JobContext",
+    "JobError",
+    "JobStarter",
+    "JobState",
+    "OperationError",
+    "Tarefa",
+    "ThreadJobContext",
+    "__version__",
+    "asynchronous",
+]

@@ -1,0 +1,138 @@
+"""Timing decisions, pure: backoff delays, ``Retry-After``, deadlines, and the pace of polls."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+"""Answers that mean "not now" rather than "no": retried like a connection error."""
+
+MIN_PAUSE = 0.1
+"""The shortest pause after an early answer without a change, whatever the backoff settings."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with jitter: attempt ``n`` waits ``min(cap, first * factor**n)``,
+    scaled by a random factor in ``[1 - jitter, 1]``."""
+
+    first: float = 0.25
+    factor: float = 2.0
+    cap: float = 10.0
+    jitter: float = 0.5
+
+    def delay(self, attempt: int, random: Callable[[], float]) -> float:
+        base = min(self.cap, self.first * self.factor ** min(attempt, 64))
+        return base * (1.0 - self.jitter * random())
+
+
+def retry_after(response: httpx.Response, now: Callable[[], datetime] | None = None) -> float | None:
+    """The ``Retry-After`` header in seconds (delta-seconds or an HTTP date), or ``None``."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    current = now() if now is not None else datetime.now(UTC)
+    return max(0.0, (when - current).total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """A point on the monotonic clock after which the caller no longer wants to wait (or never)."""
+
+    at: float | None
+
+    @classmethod
+    def after(cls, clock: Callable[[], float], seconds: float | None) -> Deadline:
+        return cls(None if seconds is None else clock() + seconds)
+
+    def remaining(self, clock: Callable[[], float]) -> float:
+        return math.inf if self.at is None else self.at - clock()
+
+    def earlier(self, other: Deadline) -> Deadline:
+        if self.at is None or other.at is None:
+            return self if other.at is None else other
+        return self if self.at <= other.at else other
+
+
+@dataclass(slots=True)
+class PollPacer:
+    """Decides how long to pause between long polls, so that a server that answers at once without
+    a change (one that ignores ``poll_timeout``) is polled with backoff instead of in a busy loop.
+
+    An answer is *early* when it came back in less than half the poll time it was given. Early
+    answers without a change pause for the server's ``Retry-After`` if it sent one, else for a
+    growing backoff delay; a change resets the backoff.
+    """
+
+    backoff: Backoff
+    random: Callable[[], float]
+    quiet_early_answers: int = 0
+
+    def pause_after(self, *, changed: bool, elapsed: float, poll_timeout: float, hint: float | None) -> float:
+        if changed or elapsed >= poll_timeout / 2:
+            self.quiet_early_answers = 0
+            return 0.0
+        self.quiet_early_answers += 1
+        if hint is not None and hint > 0:
+            return hint
+        return max(MIN_PAUSE, self.backoff.delay(self.quiet_early_answers - 1, self.random))
+
+
+@dataclass(slots=True)
+class RetryBudget:
+    """Whether and when to send a request again after ``outcome`` (a response or a transport
+    error): connection errors and 429/502/503/504 are retried with backoff, or after the
+    server's ``Retry-After``, while both the caller's deadline and ``retry_for`` seconds since
+    the first failure allow it.
+
+    A request that is not *replayable* (a POST without an idempotency key) is only retried when
+    it surely did not reach the server: a connection that could not be opened, 429 or 503.
+    """
+
+    backoff: Backoff
+    random: Callable[[], float]
+    clock: Callable[[], float]
+    deadline: Deadline
+    retry_for: float | None
+    replayable: bool
+    attempts: int = 0
+    outage: Deadline | None = None
+
+    def delay_after(self, outcome: httpx.Response | httpx.TransportError) -> float | None:
+        """Seconds to wait before the next attempt, or ``None``: give up (or nothing to retry)."""
+        self.attempts += 1
+        if not self._retryable(outcome):
+            return None
+        if self.outage is None:
+            self.outage = Deadline.after(self.clock, self.retry_for)
+        remaining = self.deadline.earlier(self.outage).remaining(self.clock)
+        hint = retry_after(outcome) if isinstance(outcome, httpx.Response) else None
+        if hint is not None:
+            return hint if hint <= remaining else None
+        if remaining <= 0:
+            return None
+        return min(remaining, self.backoff.delay(self.attempts - 1, self.random))
+
+    def _retryable(self, outcome: httpx.Response | httpx.TransportError) -> bool:
+        if isinstance(outcome, httpx.Response):
+            unsent = outcome.status_code in (429, 503)
+            return outcome.status_code in RETRY_STATUSES and (self.replayable or unsent)
+        return self.replayable or isinstance(outcome, NOT_SENT_ERRORS)
+
+
+NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+"""Transport errors raised before any byte of the request reached the server."""

@@ -1,0 +1,148 @@
+"""Asynchronous endpoints (SPEC §2): the 202 helper.
+
+In an application::
+
+    @app.post("/api/hosts", **asynchronous())
+    async def register_host(body: HostIn, call: AsyncCall) -> Response:
+        ...  # validate: raise ApiError(409, ...) to refuse before any job exists
+        return await call.start("host.register", body, resource=f"/api/hosts/{body.name}")
+
+``asynchronous()`` documents the 202/200 answers in the OpenAPI schema; ``AsyncCall`` reads
+``return_timeout`` and ``Idempotency-Key`` (also documented) and starts the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, Header, Query, Request
+from starlette.responses import Response
+
+from ..store import Idempotency, IdempotencyMismatch, ResourceBusy
+from .errors import ApiError
+from .wire import ErrorBody, JobEnvelope, job_headers, job_to_wire, json_response
+
+if TYPE_CHECKING:
+    from ..engine import Tarefa
+
+
+class JobStarter:
+    """Starts the job of one asynchronous request; get it by annotating a parameter ``AsyncCall``."""
+
+    def __init__(
+        self, engine: Tarefa, request: Request, return_timeout: int, idempotency_key: str | None
+    ) -> None:
+        self.engine = engine
+        self.request = request
+        self.return_timeout = return_timeout
+        self.idempotency_key = idempotency_key
+
+    async def start(
+        self,
+        operation: str,
+        input: Any = None,
+        *,
+        resource: str | None = None,
+        resource_key: str | None = None,
+    ) -> Response:
+        """Store a queued job durably, then answer 202 (or 200 if it ends within return_timeout).
+
+        ``resource`` is the href of what the job creates or changes; ``resource_key`` makes the
+        call a 409 while another job on the same key is queued or running.
+        """
+        idempotency = await self._idempotency()
+        try:
+            created = await self.engine.submit(
+                operation,
+                input,
+                owner=self.engine.owner_of(self.request),
+                resource=resource,
+                resource_key=resource_key,
+                idempotency=idempotency,
+            )
+        except ResourceBusy as exc:
+            raise ApiError(
+                409, "resource_busy", f"job {exc.job_id} is already working on this resource; wait for it to end",
+                details={"job": {"id": exc.job_id, "_links": {"self": {"href": f"{self.engine.jobs_href}/{exc.job_id}"}}}},
+            ) from None  # fmt: skip
+        except IdempotencyMismatch as exc:
+            raise ApiError(
+                422, "idempotency_key_reused",
+                f"Idempotency-Key {exc.key!r} was used for a different request (job {exc.job_id}); use a new key",
+                target="Idempotency-Key",
+            ) from None  # fmt: skip
+        job, status = created.job, created.answer_status
+        if created.created and self.return_timeout > 0:
+            job = await self.engine.wait_until_terminal(job, self.return_timeout)
+            if job.is_terminal:
+                status = 200
+                if idempotency is not None:
+                    await self.engine.store.set_answer_status(job.id, 200)
+        headers = job_headers(job, retry_after=self.engine.retry_after)
+        headers["Location"] = f"{self.engine.jobs_href}/{job.id}"
+        return json_response({"job": job_to_wire(job, self.engine.jobs_href)}, status, headers)
+
+    async def _idempotency(self) -> Idempotency | None:
+        if self.idempotency_key is None:
+            return None
+        digest = hashlib.sha256()
+        digest.update(f"{self.request.method} {self.request.url.path}\n".encode())
+        query = sorted((k, v) for k, v in self.request.query_params.multi_items() if k != "return_timeout")
+        digest.update(repr(query).encode())
+        digest.update(await self.request.body())
+        return Idempotency(self.idempotency_key, digest.hexdigest())
+
+
+async def _async_call(
+    request: Request,
+    return_timeout: Annotated[
+        int, Query(ge=0, le=120, description="Wait up to this many seconds for the job to end (200 if it does)")
+    ] = 0,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="Repeat a request safely: the same key returns the same job",
+        ),
+    ] = None,
+) -> JobStarter:
+    engine = getattr(request.app.state, "tarefa", None)
+    if engine is None:
+        raise RuntimeError("AsyncCall used in an app where no Tarefa is mounted: call tarefa.mount(app)")
+    if idempotency_key is not None and not idempotency_key.isprintable():
+        raise ApiError(
+            400, "invalid_parameter", "Idempotency-Key must be 1 to 255 printable characters", target="Idempotency-Key"
+        )
+    return JobStarter(engine, request, return_timeout, idempotency_key)
+
+
+#: Annotate an endpoint parameter with this to start a job from it (see module doc).
+AsyncCall = Annotated[JobStarter, Depends(_async_call)]
+
+_LOCATION = {"description": "The job: /api/jobs/<id>", "schema": {"type": "string"}}
+_RETRY_AFTER = {"description": "Seconds to wait before polling", "schema": {"type": "integer"}}
+
+
+def asynchronous(**route_options: Any) -> dict[str, Any]:
+    """Route options that document an asynchronous endpoint: ``@app.post(path, **asynchronous())``."""
+    responses: dict[int | str, dict[str, Any]] = {
+        202: {
+            "model": JobEnvelope,
+            "description": "Accepted: the job is queued. Follow it at Location (long poll with poll_timeout).",
+            "headers": {"Location": _LOCATION, "Retry-After": _RETRY_AFTER},
+        },
+        200: {"model": JobEnvelope, "description": "The job ended within return_timeout"},
+        409: {"model": ErrorBody, "description": "Another job is working on the same resource"},
+        422: {"model": ErrorBody, "description": "The Idempotency-Key was used for a different request"},
+        **route_options.pop("responses", {}),
+    }
+    return {
+        "status_code": 202,
+        "response_model": None,
+        "responses": responses,
+        "openapi_extra": {"x-tarefa-asynchronous": True},
+        **route_options,
+    }

@@ -1,0 +1,161 @@
+"""Errors on the wire (SPEC §6) and the ``request-id`` header on every answer.
+
+Every 4xx/5xx answer has the body ``{"error": {"code", "message", "target"}}``: our own
+:class:`ApiError`, the framework's validation errors (400, not 422), unknown routes and methods,
+and unexpected faults (500, logged with the request id, no stack trace to the client).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("tarefa.http")
+
+REQUEST_ID_HEADER = "request-id"
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error answer: raise it from an endpoint to answer ``status`` with the SPEC error body."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        target: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.target = target
+        self.headers = dict(headers or {})
+        self.details = dict(details or {})
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.target:
+            error["target"] = self.target
+        error.update(self.details)
+        return {"error": error}
+
+
+def request_id(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+def error_response(request: Request, error: ApiError) -> Response:
+    headers = {**error.headers, REQUEST_ID_HEADER: request_id(request), "Cache-Control": "no-store"}
+    return Response(orjson.dumps(error.body()), error.status, headers, media_type="application/json")
+
+
+async def _on_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(request, exc)
+
+
+def _location(loc: Sequence[Any]) -> tuple[str, str]:
+    """(kind, target) from a pydantic error location such as ('query', 'poll_timeout')."""
+    kind = str(loc[0]) if loc else "body"
+    parts = [str(part) for part in loc[1:]]
+    return kind, ".".join(parts) if parts else kind
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+    kind, target = _location(first.get("loc", ()))
+    code = "invalid_body" if kind == "body" else "invalid_parameter"
+    where = "request body" if kind == "body" else f"{kind} parameter"
+    message = f"{where} {target!r}: {first.get('msg', 'invalid value')}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return error_response(request, ApiError(400, code, message, target=target))
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _STATUS_CODES.get(exc.status_code, "error")
+    message = str(exc.detail)
+    if exc.status_code == 404 and message == "Not Found":
+        message = f"there is no resource at {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}"
+    headers = dict(exc.headers or {})
+    return error_response(request, ApiError(exc.status_code, code, message, headers=headers))
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    rid = request_id(request)
+    log.error("request %s %s failed [request-id %s]", request.method, request.url.path, rid, exc_info=exc)
+    message = f"the server failed unexpectedly; quote request-id {rid} to its operators"
+    return error_response(request, ApiError(500, "internal_error", message))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every error of ``app`` with the SPEC error body."""
+    app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(HTTPException, _on_http_exception)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+class RequestIdMiddleware:
+    """Give every request an id (the client's ``request-id`` if sane) and echo it on the answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = _incoming_id(scope) or secrets.token_hex(8)
+        scope.setdefault("state", {})["request_id"] = rid
+        header = (REQUEST_ID_HEADER.encode(), rid.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                if not any(name.lower() == header[0] for name, _ in headers):
+                    message["headers"] = [*headers, header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def _incoming_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"request-id" and 0 < len(value) <= 64 and value.isascii():
+            text: str = value.decode()
+            if text.replace("-", "").replace("_", "").isalnum():
+                return text
+    return None

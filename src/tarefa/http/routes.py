@@ -1,0 +1,192 @@
+"""The job routes (SPEC §3, §4): ``GET /jobs``, ``GET/PATCH/DELETE /jobs/{id}``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlencode
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from ..model import JobState, from_microseconds, parse_timestamp, to_microseconds
+from ..store import JobAlreadyTerminal, JobNotTerminal, JobQuery
+from .errors import REQUEST_ID_HEADER, ApiError, request_id
+from .wire import ErrorBody, JobEnvelope, JobList, JobRecord, job_headers, job_to_wire, json_response, parse_fields
+
+if TYPE_CHECKING:
+    from ..engine import Tarefa
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "A malformed parameter"},
+    404: {"model": ErrorBody, "description": "No such job (or not yours)"},
+}
+_SPACE_FOR_PLUS = re.compile(r"(\d{2}:\d{2}:\d{2}(?:\.\d+)?) (\d{2}:?\d{2})$")
+
+PollTimeout = Annotated[
+    int | None,
+    Query(ge=1, le=120, description="Long poll: answer when the job changes, or after this many seconds"),
+]
+LastModified = Annotated[
+    str | None,
+    Query(
+        description="Long poll baseline (RFC 3339, optionally prefixed by > or >=): answer when the job's "
+        "last_modified is later. Default: the job's last_modified when the request arrives."
+    ),
+]
+Fields = Annotated[str | None, Query(description="Comma-separated Job fields to return (* for all)")]
+
+
+def parse_baseline(text: str | None) -> datetime | None:
+    """``last_modified`` with Deploy's optional ``>``/``>=`` prefix; a ``+`` decoded as space is mended."""
+    if text is None:
+        return None
+    value = text.strip().removeprefix(">=").removeprefix(">").strip()
+    value = _SPACE_FOR_PLUS.sub(r"\1+\2", value)
+    try:
+        return parse_timestamp(value)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_parameter", str(exc), target="last_modified") from None
+
+
+def parse_states(text: str | None) -> frozenset[JobState]:
+    if not text:
+        return frozenset()
+    try:
+        return frozenset(JobState(part.strip()) for part in text.split("|"))
+    except ValueError:
+        raise ApiError(
+            400,
+            "invalid_parameter",
+            f"state {text!r}: use queued, running, success or failure, or several joined by | (queued|running)",
+            target="state",
+        ) from None
+
+
+def parse_order(text: str) -> tuple[str, bool]:
+    parts = text.split()
+    if not parts or len(parts) > 2 or parts[0] not in ("create_time", "last_modified"):
+        raise ApiError(
+            400, "invalid_parameter", f"order_by {text!r}: use create_time or last_modified, then asc or desc",
+            target="order_by",
+        )  # fmt: skip
+    direction = parts[1].lower() if len(parts) == 2 else "asc"
+    if direction not in ("asc", "desc"):
+        raise ApiError(400, "invalid_parameter", f"order_by direction {parts[1]!r}: use asc or desc", target="order_by")
+    return parts[0], direction == "desc"
+
+
+def encode_cursor(moment: datetime, job_id: str) -> str:
+    raw = orjson.dumps([to_microseconds(moment), job_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> tuple[datetime, str]:
+    try:
+        micros, job_id = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        return from_microseconds(int(micros)), str(job_id)
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise ApiError(
+            400, "invalid_parameter", "cursor is not one this server gave: follow _links.next as it is", target="cursor"
+        ) from None
+
+
+def job_routes(engine: Tarefa) -> APIRouter:
+    """The router of the job API; :meth:`Tarefa.mount` includes it under ``<prefix>/jobs``."""
+    router = APIRouter(tags=["jobs"], responses=ERRORS)
+
+    @router.get("", response_model=JobList, summary="List jobs")
+    async def list_jobs(
+        request: Request,
+        state: Annotated[str | None, Query(description="queued, running, success, failure; or a|b")] = None,
+        operation: str | None = None,
+        max_records: Annotated[int, Query(ge=1, le=1000)] = 100,
+        order_by: Annotated[str, Query(description="create_time or last_modified, asc or desc")] = "create_time desc",
+        fields: Fields = None,
+        cursor: Annotated[str | None, Query(description="From _links.next; opaque")] = None,
+    ) -> Response:
+        selected = parse_fields(fields)
+        order, descending = parse_order(order_by)
+        query = JobQuery(
+            owner=engine.visible_owner(request),
+            states=parse_states(state),
+            operation=operation,
+            order_by="last_modified" if order == "last_modified" else "create_time",
+            descending=descending,
+            limit=max_records + 1,
+            after=decode_cursor(cursor) if cursor else None,
+        )
+        jobs = await engine.store.list_jobs(query)
+        page, more = jobs[:max_records], len(jobs) > max_records
+        body: dict[str, Any] = {
+            "num_records": len(page),
+            "records": [job_to_wire(job, engine.jobs_href, selected) for job in page],
+            "_links": {},
+        }
+        if more:
+            last = page[-1]
+            moment = last.last_modified if order == "last_modified" else last.create_time
+            params = {k: v for k, v in request.query_params.items() if k != "cursor"}
+            params["cursor"] = encode_cursor(moment, last.id)
+            body["_links"]["next"] = {"href": f"{engine.jobs_href}?{urlencode(params)}"}
+        return json_response(body, headers={"Cache-Control": "no-store"})
+
+    @router.get("/{job_id}", response_model=JobRecord, summary="Read a job (standard or long poll)")
+    async def get_job(
+        request: Request,
+        job_id: str,
+        poll_timeout: PollTimeout = None,
+        last_modified: LastModified = None,
+        fields: Fields = None,
+    ) -> Response:
+        selected = parse_fields(fields)
+        owner = engine.visible_owner(request)
+        if poll_timeout is None:
+            job = await engine.store.get_job(job_id, owner)
+        else:
+            job = await engine.wait_for_change(job_id, owner, baseline=parse_baseline(last_modified), timeout=poll_timeout)
+        if job is None:
+            raise _not_found(job_id)
+        retry_after = engine.retry_after if poll_timeout is None else None
+        return json_response(
+            {"record": job_to_wire(job, engine.jobs_href, selected)}, headers=job_headers(job, retry_after=retry_after)
+        )
+
+    @router.patch("/{job_id}", status_code=202, response_model=JobEnvelope, summary="Cancel a job",
+                  responses={409: {"model": ErrorBody, "description": "The job has already ended"}})  # fmt: skip
+    async def change_job(
+        request: Request, job_id: str, action: Annotated[str, Query(description="cancel")]
+    ) -> Response:
+        if action != "cancel":
+            raise ApiError(400, "invalid_parameter", f"action {action!r}: the only action is cancel", target="action")
+        try:
+            job = await engine.store.cancel_job(job_id, engine.visible_owner(request))
+        except JobAlreadyTerminal as exc:
+            raise ApiError(409, "job_terminal", f"job {job_id} has already ended ({exc.job.state.value})") from None
+        if job is None:
+            raise _not_found(job_id)
+        return json_response({"job": job_to_wire(job, engine.jobs_href)}, 202, job_headers(job))
+
+    @router.delete("/{job_id}", status_code=204, summary="Delete an ended job",
+                   responses={409: {"model": ErrorBody, "description": "The job is still queued or running"}})  # fmt: skip
+    async def delete_job(request: Request, job_id: str) -> Response:
+        try:
+            deleted = await engine.store.delete_job(job_id, engine.visible_owner(request))
+        except JobNotTerminal as exc:
+            raise ApiError(
+                409, "job_not_terminal",
+                f"job {job_id} is still {exc.job.state.value}: cancel it, and delete it once it has ended",
+            ) from None  # fmt: skip
+        if not deleted:
+            raise _not_found(job_id)
+        return Response(status_code=204, headers={REQUEST_ID_HEADER: request_id(request)})
+
+    return router
+
+
+def _not_found(job_id: str) -> ApiError:
+    return ApiError(404, "job_not_found", f"there is no job {job_id!r} (or it has been deleted)", target="id")

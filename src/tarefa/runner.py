@@ -1,0 +1,230 @@
+"""The runner: claims queued jobs, runs their operations, holds and renews their leases.
+
+One runner per process. It wakes when the store announces a queued job (and polls now and then
+as a safety net), runs up to ``concurrency`` jobs at once, renews the leases of the jobs it holds,
+recovers jobs whose worker is gone (SPEC §5), and stops gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from .model import Job, JobState
+from .operations import JobCancelled, JobContext, Operation, OperationError, OperationRegistry, ThreadJobContext
+from .store import JobChange, Outcome, Store, StoreError
+
+log = logging.getLogger("tarefa.runner")
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def _json_result(value: Any) -> Any:
+    """The operation's return value as JSON data (pydantic models and dataclasses included)."""
+    return orjson.loads(orjson.dumps(value, default=_to_builtin))
+
+
+def _to_builtin(value: Any) -> Any:
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json")
+    raise TypeError(f"an operation returned {type(value).__name__}, which is not JSON")
+
+
+class Runner:
+    """Runs the jobs of ``registry``'s operations found in ``store``."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: OperationRegistry,
+        *,
+        concurrency: int = 4,
+        lease_seconds: float = 30.0,
+        poll_seconds: float = 1.0,
+        worker_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.worker_id = worker_id or new_worker_id()
+        self._running: dict[str, tuple[asyncio.Task[None], JobContext]] = {}
+        self._wake = asyncio.Event()
+        self._accepting = True
+        self._tasks: list[asyncio.Task[None]] = []
+        self._threads = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="tarefa-op")
+
+    @property
+    def running_jobs(self) -> list[str]:
+        return list(self._running)
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover what a crashed process left, then start claiming."""
+        self.store.add_listener(self.on_changes)
+        recovered = await self.store.recover_jobs(expired_only=not self.store.exclusive)
+        for job in recovered:
+            log.warning("recovered job %s (%s) left running by a stopped process: now %s", job.id, job.operation, job.state)
+        if self.concurrency > 0:
+            self._tasks = [asyncio.create_task(self._claim_loop()), asyncio.create_task(self._lease_loop())]
+
+    def stop_accepting(self) -> None:
+        """Stop taking new jobs (the first step of a graceful stop)."""
+        self._accepting = False
+        self._wake.set()
+
+    async def stop(self, grace_seconds: float = 30.0) -> None:
+        """Stop taking jobs, let running ones finish for ``grace_seconds``, release the rest."""
+        self.stop_accepting()
+        running = [task for task, _ in self._running.values()]
+        if running:
+            log.info("waiting up to %.0f s for %d running job(s) to finish", grace_seconds, len(running))
+            await asyncio.wait(running, timeout=grace_seconds)
+        left = list(self._running)
+        for task, _ in self._running.values():
+            task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *(task for task, _ in self._running.values()), return_exceptions=True)
+        if left:
+            released = await self.store.release_jobs(self.worker_id, left)
+            for job in released:
+                log.warning("released job %s at stop: now %s", job.id, job.state)
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    # -- store events -------------------------------------------------------------------------
+
+    def on_changes(self, changes: Sequence[JobChange]) -> None:
+        """Store listener: wake the claim loop for queued jobs; pass cancel requests on."""
+        for change in changes:
+            job = change.job
+            if job is None:
+                continue
+            if job.state is JobState.QUEUED and job.operation in self.registry:
+                self._wake.set()
+            elif job.cancel_requested and job.id in self._running:
+                self._running[job.id][1]._request_cancel()
+
+    # -- claiming -----------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        operations = list(self.registry)
+        while self._accepting:
+            free = self.concurrency - len(self._running)
+            self._wake.clear()
+            jobs: list[Job] = []
+            if free > 0:
+                try:
+                    jobs = await self.store.claim_jobs(
+                        self.worker_id, operations=operations, limit=free, lease_seconds=self.lease_seconds
+                    )
+                except StoreError as exc:
+                    log.warning("cannot claim jobs: %s", exc)
+            for job in jobs:
+                self._launch(job)
+            if len(jobs) < free or free <= 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+
+    def _launch(self, job: Job) -> None:
+        operation = self.registry.get(job.operation)
+        assert operation is not None  # claimed only among registered operations
+        loop = asyncio.get_running_loop()
+        context_type = JobContext if operation.is_async else ThreadJobContext
+        context = context_type(job, lambda m, p: self._report(job.id, m, p), loop)
+        if job.cancel_requested:
+            context._request_cancel()
+        task = asyncio.create_task(self._run(operation, job, context), name=f"tarefa-job-{job.id}")
+        self._running[job.id] = (task, context)
+        task.add_done_callback(lambda _: self._finished(job.id))
+
+    def _finished(self, job_id: str) -> None:
+        self._running.pop(job_id, None)
+        self._wake.set()
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def _run(self, operation: Operation, job: Job, context: JobContext) -> None:
+        outcome = await self._execute(operation, job, context)
+        await self._finish(job, outcome)
+
+    async def _execute(self, operation: Operation, job: Job, context: JobContext) -> Outcome:
+        try:
+            args = operation.arguments(context, job.input)
+            if operation.is_async:
+                value = await operation.function(*args)
+            else:
+                loop = asyncio.get_running_loop()
+                value = await loop.run_in_executor(self._threads, lambda: operation.function(*args))
+            return Outcome(JobState.SUCCESS, result=_json_result(value))
+        except JobCancelled:
+            return Outcome(JobState.FAILURE, error_code="cancelled", error_message="Cancelled while running")
+        except OperationError as exc:
+            return Outcome(JobState.FAILURE, error_code=exc.code, error_message=exc.message)
+        except Exception:
+            log.exception("job %s (%s) failed unexpectedly", job.id, job.operation)
+            return Outcome(
+                JobState.FAILURE,
+                error_code="internal_error",
+                error_message=f"The operation failed unexpectedly; the server log has the details (job {job.id})",
+            )
+
+    async def _finish(self, job: Job, outcome: Outcome) -> None:
+        """Store the outcome; retry on store errors while the lease may still be ours."""
+        delay = 0.05
+        for _ in range(int(self.lease_seconds / 0.5) + 1):
+            try:
+                finished = await self.store.finish_job(job.id, self.worker_id, outcome)
+            except StoreError as exc:
+                log.warning("cannot store the end of job %s (retrying): %s", job.id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if finished is None:
+                log.warning("job %s ended, but this worker no longer held it; its outcome is dropped", job.id)
+            return
+
+    async def _report(self, job_id: str, message: str | None, progress: int | None) -> None:
+        try:
+            await self.store.report_progress(job_id, self.worker_id, message=message, progress=progress)
+        except StoreError as exc:
+            log.warning("cannot store the progress of job %s: %s", job_id, exc)
+
+    # -- leases -------------------------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        """Renew our leases and recover expired ones, a few times per lease period."""
+        interval = self.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._renew()
+                for job in await self.store.recover_jobs(expired_only=True):
+                    log.warning("recovered job %s whose worker stopped renewing its lease: now %s", job.id, job.state)
+            except StoreError as exc:
+                log.warning("cannot renew leases: %s", exc)
+
+    async def _renew(self) -> None:
+        held = list(self._running)
+        if not held:
+            return
+        kept = await self.store.renew_leases(self.worker_id, held, self.lease_seconds)
+        for job_id in set(held) - kept:
+            entry = self._running.get(job_id)
+            if entry is not None:
+                log.warning("lost the lease of job %s; stopping it here", job_id)
+                entry[0].cancel()

@@ -1,0 +1,221 @@
+"""The SQL of the PostgreSQL store, kept apart so that it reads as SQL.
+
+``MIGRATIONS[n]`` brings the schema from version ``n`` to ``n + 1``; a released migration is never
+edited, only followed by a new one. Every table name starts with ``tarefa_`` so the store can share a
+database with the application. Identifiers and keys use the "C" collation: byte order, the same
+order as SQLite, whatever the database's locale.
+"""
+
+from __future__ import annotations
+
+#: Channel of the ``pg_notify`` announcements (one per database).
+CHANNEL = "tarefa_jobs"
+
+#: Key of the advisory lock held while migrating (any constant bigint unlikely to collide).
+MIGRATION_LOCK = 7_342_096_185_113_221_001
+
+MIGRATIONS: list[str] = [
+    # 1: jobs, the ids of deleted jobs (for listeners that reconnect), resources.
+    """
+    CREATE TABLE tarefa_jobs (
+        id               text COLLATE "C" PRIMARY KEY,
+        operation        text NOT NULL,
+        state            text NOT NULL CHECK (state IN ('queued', 'running', 'success', 'failure')),
+        message          text NOT NULL,
+        progress         integer,
+        create_time      timestamptz NOT NULL,
+        start_time       timestamptz,
+        end_time         timestamptz,
+        last_modified    timestamptz NOT NULL,
+        result           jsonb,
+        error_code       text,
+        error_message    text,
+        resource         text,
+        owner            text NOT NULL,
+        input            jsonb,
+        cancel_requested boolean NOT NULL DEFAULT false,
+        attempts         integer NOT NULL DEFAULT 0,
+        max_attempts     integer NOT NULL DEFAULT 1,
+        lease_owner      text,
+        lease_expires    timestamptz,
+        idempotency_key  text,
+        request_hash     text,
+        answer_status    integer NOT NULL DEFAULT 202,
+        resource_key     text,
+        CONSTRAINT tarefa_jobs_idempotency UNIQUE (owner, idempotency_key)
+    );
+    -- SPEC §2: one non-terminal job per resource key, enforced across processes.
+    CREATE UNIQUE INDEX tarefa_jobs_resource_busy ON tarefa_jobs (resource_key)
+        WHERE resource_key IS NOT NULL AND state IN ('queued', 'running');
+    CREATE INDEX tarefa_jobs_queued ON tarefa_jobs (create_time, id) WHERE state = 'queued';
+    CREATE INDEX tarefa_jobs_leases ON tarefa_jobs (lease_expires) WHERE state = 'running';
+    CREATE INDEX tarefa_jobs_ended ON tarefa_jobs (end_time) WHERE state IN ('success', 'failure');
+    CREATE INDEX tarefa_jobs_by_create_time ON tarefa_jobs (create_time, id);
+    CREATE INDEX tarefa_jobs_by_last_modified ON tarefa_jobs (last_modified, id);
+    CREATE INDEX tarefa_jobs_by_owner ON tarefa_jobs (owner, create_time, id);
+
+    CREATE TABLE tarefa_deleted_jobs (
+        id         text COLLATE "C" PRIMARY KEY,
+        deleted_at timestamptz NOT NULL
+    );
+    CREATE INDEX tarefa_deleted_jobs_by_time ON tarefa_deleted_jobs (deleted_at);
+
+    CREATE TABLE tarefa_resources (
+        kind text COLLATE "C" NOT NULL,
+        key  text COLLATE "C" NOT NULL,
+        data jsonb NOT NULL,
+        PRIMARY KEY (kind, key)
+    );
+    """,
+]
+
+# -- schema version -------------------------------------------------------------------------------
+
+# Held until the migrating transaction ends, so that processes starting together migrate one by one.
+LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock(%(key)s)"
+
+VERSION_TABLE_EXISTS = "SELECT to_regclass('tarefa_schema_version') IS NOT NULL AS present"
+
+CREATE_VERSION_TABLE = "CREATE TABLE tarefa_schema_version (version integer NOT NULL)"
+
+SELECT_VERSION = "SELECT coalesce(max(version), 0) AS version FROM tarefa_schema_version"
+
+CLEAR_VERSION = "DELETE FROM tarefa_schema_version"
+
+INSERT_VERSION = "INSERT INTO tarefa_schema_version (version) VALUES (%(version)s)"
+
+# -- jobs -------------------------------------------------------------------------------------------
+
+_JOB_COLUMNS = """
+    id, operation, state, message, progress, create_time, start_time, end_time, last_modified,
+    result, error_code, error_message, resource, owner, input, cancel_requested, attempts,
+    max_attempts, lease_owner, lease_expires
+"""
+
+_JOB_VALUES = """
+    %(id)s, %(operation)s, %(state)s, %(message)s, %(progress)s, %(create_time)s, %(start_time)s,
+    %(end_time)s, %(last_modified)s, %(result)s, %(error_code)s, %(error_message)s, %(resource)s,
+    %(owner)s, %(input)s, %(cancel_requested)s, %(attempts)s, %(max_attempts)s, %(lease_owner)s,
+    %(lease_expires)s
+"""
+
+# ON CONFLICT without a target covers both the idempotency key and the busy resource key: the
+# caller finds out which one from the empty result, without an error in the server's log.
+INSERT_JOB = f"""
+    INSERT INTO tarefa_jobs ({_JOB_COLUMNS}, idempotency_key, request_hash, resource_key)
+    VALUES ({_JOB_VALUES}, %(idempotency_key)s, %(request_hash)s, %(resource_key)s)
+    ON CONFLICT DO NOTHING
+    RETURNING id
+"""
+
+UPDATE_JOB = """
+    UPDATE tarefa_jobs SET
+        state = %(state)s, message = %(message)s, progress = %(progress)s,
+        start_time = %(start_time)s, end_time = %(end_time)s, last_modified = %(last_modified)s,
+        result = %(result)s, error_code = %(error_code)s, error_message = %(error_message)s,
+        cancel_requested = %(cancel_requested)s, attempts = %(attempts)s,
+        lease_owner = %(lease_owner)s, lease_expires = %(lease_expires)s
+    WHERE id = %(id)s
+"""
+
+SELECT_JOB = """
+    SELECT * FROM tarefa_jobs
+    WHERE id = %(id)s AND (%(owner)s::text IS NULL OR owner = %(owner)s)
+"""
+
+SELECT_JOB_FOR_UPDATE = SELECT_JOB + " FOR UPDATE"
+
+SELECT_JOBS = "SELECT * FROM tarefa_jobs WHERE id = ANY(%(ids)s)"
+
+SELECT_IDEMPOTENT_JOB = """
+    SELECT * FROM tarefa_jobs WHERE owner = %(owner)s AND idempotency_key = %(key)s
+"""
+
+SELECT_RESOURCE_HOLDER = """
+    SELECT id FROM tarefa_jobs
+    WHERE resource_key = %(resource_key)s AND state IN ('queued', 'running')
+"""
+
+SET_ANSWER_STATUS = "UPDATE tarefa_jobs SET answer_status = %(status)s WHERE id = %(id)s"
+
+CLAIM_JOBS = """
+    SELECT * FROM tarefa_jobs
+    WHERE state = 'queued' AND operation = ANY(%(operations)s)
+    ORDER BY create_time, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+"""
+
+SELECT_HELD_JOBS = """
+    SELECT * FROM tarefa_jobs
+    WHERE id = ANY(%(ids)s) AND state = 'running' AND lease_owner = %(worker)s
+    ORDER BY id
+    FOR UPDATE
+"""
+
+RENEW_LEASES = """
+    UPDATE tarefa_jobs SET lease_expires = %(lease_expires)s
+    WHERE id = ANY(%(ids)s) AND state = 'running' AND lease_owner = %(worker)s
+    RETURNING id
+"""
+
+# Another process recovering at the same time skips the rows this one holds, and the other way round.
+SELECT_LOST_JOBS = """
+    SELECT * FROM tarefa_jobs
+    WHERE state = 'running' AND (%(now)s::timestamptz IS NULL OR lease_expires < %(now)s)
+    ORDER BY id
+    FOR UPDATE SKIP LOCKED
+"""
+
+DELETE_JOB = """
+    WITH gone AS (DELETE FROM tarefa_jobs WHERE id = %(id)s RETURNING id)
+    INSERT INTO tarefa_deleted_jobs (id, deleted_at) SELECT id, %(now)s FROM gone
+    ON CONFLICT (id) DO UPDATE SET deleted_at = excluded.deleted_at
+"""
+
+# One batch of a purge; SKIP LOCKED leaves a job that is being deleted elsewhere to that process.
+PURGE_JOBS = """
+    WITH gone AS (
+        DELETE FROM tarefa_jobs WHERE id IN (
+            SELECT id FROM tarefa_jobs
+            WHERE state IN ('success', 'failure') AND end_time < %(ended_before)s
+            LIMIT %(batch)s
+            FOR UPDATE SKIP LOCKED
+        )
+        RETURNING id
+    )
+    INSERT INTO tarefa_deleted_jobs (id, deleted_at) SELECT id, %(now)s FROM gone
+    ON CONFLICT (id) DO UPDATE SET deleted_at = excluded.deleted_at
+    RETURNING id
+"""
+
+FORGET_DELETED_JOBS = "DELETE FROM tarefa_deleted_jobs WHERE deleted_at < %(before)s"
+
+NOTIFY = "SELECT pg_notify(%(channel)s, payload) FROM unnest(%(payloads)s::text[]) AS payload"
+
+LISTEN = f"LISTEN {CHANNEL}"
+
+HEARTBEAT = "SELECT 1"
+
+# What a listener that was disconnected may have missed (see PostgresStore's reconnection).
+CHANGED_SINCE = "SELECT * FROM tarefa_jobs WHERE last_modified >= %(since)s ORDER BY last_modified, id"
+
+DELETED_SINCE = "SELECT id FROM tarefa_deleted_jobs WHERE deleted_at >= %(since)s ORDER BY id"
+
+# -- resources --------------------------------------------------------------------------------------
+
+PUT_RESOURCE = """
+    INSERT INTO tarefa_resources (kind, key, data) VALUES (%(kind)s, %(key)s, %(data)s)
+    ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data
+"""
+
+ADD_RESOURCE = """
+    INSERT INTO tarefa_resources (kind, key, data) VALUES (%(kind)s, %(key)s, %(data)s)
+    ON CONFLICT (kind, key) DO NOTHING
+"""
+
+GET_RESOURCE = "SELECT data FROM tarefa_resources WHERE kind = %(kind)s AND key = %(key)s"
+
+LIST_RESOURCES = "SELECT data FROM tarefa_resources WHERE kind = %(kind)s ORDER BY key"
+
+DELETE_RESOURCE = "DELETE FROM tarefa_resources WHERE kind = %(kind)s AND key = %(key)s"

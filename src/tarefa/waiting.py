@@ -1,0 +1,127 @@
+"""Long polls: waiting for a job to change without polling the store.
+
+The :class:`ChangeHub` listens to the store's committed changes and fans each one out to every
+request waiting on that job. A waiting request is a future and a timer: it costs no CPU and no
+store query until its job changes or its time is up.
+
+No lost wake-up: a request registers its watch *before* it reads the job, so a change that
+commits between the read and the wait is already recorded on the watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+
+from .model import Job
+from .store import JobChange
+
+_DELETED = object()
+
+
+class _Watch:
+    """One waiting request: the newest change seen, and a future to wake it."""
+
+    __slots__ = ("job_id", "latest", "wakeup")
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.latest: Job | object | None = None  # a Job, _DELETED, or None (nothing new)
+        self.wakeup: asyncio.Future[None] | None = None
+
+    def offer(self, job: Job | None) -> None:
+        if job is None:
+            self.latest = _DELETED
+        elif self.latest is not _DELETED:
+            current = self.latest
+            if not isinstance(current, Job) or job.last_modified > current.last_modified:
+                self.latest = job
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
+
+    def take(self) -> Job | object | None:
+        latest, self.latest = self.latest, None
+        return latest
+
+
+class ChangeHub:
+    """Fans committed job changes out to waiting requests (register it as a store listener)."""
+
+    def __init__(self) -> None:
+        self._watches: dict[str, set[_Watch]] = {}
+        self._closing = False
+
+    @property
+    def waiting(self) -> int:
+        """How many requests are waiting right now."""
+        return sum(len(watches) for watches in self._watches.values())
+
+    def publish(self, changes: Sequence[JobChange]) -> None:
+        """Store listener: wake every request waiting on a changed job."""
+        for change in changes:
+            for watch in self._watches.get(change.job_id, ()):
+                watch.offer(change.job)
+
+    def close(self) -> None:
+        """Graceful stop: every waiting request answers now with the job as it is."""
+        self._closing = True
+        for watches in self._watches.values():
+            for watch in watches:
+                watch._wake()
+
+    async def wait_for_change(
+        self,
+        job_id: str,
+        read: Callable[[], Awaitable[Job | None]],
+        *,
+        baseline: datetime | None,
+        timeout: float,
+    ) -> Job | None:
+        """The job once its ``last_modified`` is later than ``baseline`` (default: as read now),
+        or as it is after ``timeout`` seconds; at once if it is terminal. None: unknown/deleted."""
+        watch = _Watch(job_id)
+        self._watches.setdefault(job_id, set()).add(watch)
+        try:
+            job = await read()
+            if job is None:
+                return None
+            return await self._wait(watch, job, job.last_modified if baseline is None else baseline, timeout)
+        finally:
+            self._forget(watch)
+
+    async def _wait(self, watch: _Watch, job: Job, baseline: datetime, timeout: float) -> Job | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not (job.is_terminal or job.last_modified > baseline or self._closing):
+            latest = watch.take()
+            if latest is _DELETED:
+                return None
+            if isinstance(latest, Job):
+                job = latest if latest.last_modified > job.last_modified else job
+                continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await self._sleep(watch, loop, remaining)
+        return job
+
+    @staticmethod
+    async def _sleep(watch: _Watch, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        watch.wakeup = loop.create_future()
+        timer = loop.call_later(seconds, watch._wake)
+        try:
+            await watch.wakeup
+        finally:
+            timer.cancel()
+            watch.wakeup = None
+
+    def _forget(self, watch: _Watch) -> None:
+        watches = self._watches.get(watch.job_id)
+        if watches is not None:
+            watches.discard(watch)
+            if not watches:
+                del self._watches[watch.job_id]

@@ -22,6 +22,7 @@ Declare operations, mount the job routes, and make endpoints asynchronous::
 
 from .engine import Tarefa
 from .http import ApiError, AsyncCall, JobStarter, asynchronous
+from .http.docs import serve_api_docs
 from .model import Job, JobError, JobState
 from .operations import JobCancelled, JobContext, OperationError, ThreadJobContext
 
@@ -41,4 +42,5 @@ __all__ = [
     "ThreadJobContext",
     "__version__",
     "asynchronous",
+    "serve_api_docs",
 ]

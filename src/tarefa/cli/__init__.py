@@ -14,6 +14,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """tarefa: asynchronous jobs for HTTP APIs (serve them, run them, call them)."""
+
+
 def _register_all() -> None:
     from . import client, server
 

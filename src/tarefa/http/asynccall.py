@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Depends, Header, Query, Request
 from starlette.responses import Response
 
+from ..model import Job
 from ..store import Idempotency, IdempotencyMismatch, ResourceBusy
 from .errors import ApiError
 from .wire import ErrorBody, JobEnvelope, job_headers, job_to_wire, json_response
@@ -31,12 +32,12 @@ class JobStarter:
     """Starts the job of one asynchronous request; get it by annotating a parameter ``AsyncCall``."""
 
     def __init__(
-        self, engine: Tarefa, request: Request, return_timeout: int, idempotency_key: str | None
+        self, engine: Tarefa, request: Request, return_timeout: int, idempotency: Idempotency | None
     ) -> None:
         self.engine = engine
         self.request = request
         self.return_timeout = return_timeout
-        self.idempotency_key = idempotency_key
+        self.idempotency = idempotency
 
     async def start(
         self,
@@ -51,7 +52,7 @@ class JobStarter:
         ``resource`` is the href of what the job creates or changes; ``resource_key`` makes the
         call a 409 while another job on the same key is queued or running.
         """
-        idempotency = await self._idempotency()
+        idempotency = self.idempotency
         try:
             created = await self.engine.submit(
                 operation,
@@ -67,11 +68,7 @@ class JobStarter:
                 details={"job": {"id": exc.job_id, "_links": {"self": {"href": f"{self.engine.jobs_href}/{exc.job_id}"}}}},
             ) from None  # fmt: skip
         except IdempotencyMismatch as exc:
-            raise ApiError(
-                422, "idempotency_key_reused",
-                f"Idempotency-Key {exc.key!r} was used for a different request (job {exc.job_id}); use a new key",
-                target="Idempotency-Key",
-            ) from None  # fmt: skip
+            raise _mismatch(exc) from None
         job, status = created.job, created.answer_status
         if created.created and self.return_timeout > 0:
             job = await self.engine.wait_until_terminal(job, self.return_timeout)
@@ -79,19 +76,39 @@ class JobStarter:
                 status = 200
                 if idempotency is not None:
                     await self.engine.store.set_answer_status(job.id, 200)
-        headers = job_headers(job, retry_after=self.engine.retry_after)
-        headers["Location"] = f"{self.engine.jobs_href}/{job.id}"
-        return json_response({"job": job_to_wire(job, self.engine.jobs_href)}, status, headers)
+        return accepted_response(self.engine, job, status)
 
-    async def _idempotency(self) -> Idempotency | None:
-        if self.idempotency_key is None:
-            return None
-        digest = hashlib.sha256()
-        digest.update(f"{self.request.method} {self.request.url.path}\n".encode())
-        query = sorted((k, v) for k, v in self.request.query_params.multi_items() if k != "return_timeout")
-        digest.update(repr(query).encode())
-        digest.update(await self.request.body())
-        return Idempotency(self.idempotency_key, digest.hexdigest())
+
+def accepted_response(engine: Tarefa, job: Job, status: int) -> Response:
+    """``{"job": ...}`` with Location and Retry-After: the answer of an asynchronous call."""
+    headers = job_headers(job, retry_after=engine.retry_after)
+    headers["Location"] = f"{engine.jobs_href}/{job.id}"
+    return json_response({"job": job_to_wire(job, engine.jobs_href)}, status, headers)
+
+
+class ReplayAnswer(Exception):
+    """Answers a repeated Idempotency-Key at once, before the endpoint validates anything again."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__("idempotent replay")
+        self.response = response
+
+
+def _mismatch(exc: IdempotencyMismatch) -> ApiError:
+    return ApiError(
+        422, "idempotency_key_reused",
+        f"Idempotency-Key {exc.key!r} was used for a different request (job {exc.job_id}); use a new key",
+        target="Idempotency-Key",
+    )  # fmt: skip
+
+
+async def _fingerprint(request: Request, key: str) -> Idempotency:
+    digest = hashlib.sha256()
+    digest.update(f"{request.method} {request.url.path}\n".encode())
+    query = sorted((k, v) for k, v in request.query_params.multi_items() if k != "return_timeout")
+    digest.update(repr(query).encode())
+    digest.update(await request.body())
+    return Idempotency(key, digest.hexdigest())
 
 
 async def _async_call(
@@ -112,11 +129,20 @@ async def _async_call(
     engine = getattr(request.app.state, "tarefa", None)
     if engine is None:
         raise RuntimeError("AsyncCall used in an app where no Tarefa is mounted: call tarefa.mount(app)")
-    if idempotency_key is not None and not idempotency_key.isprintable():
+    if idempotency_key is None:
+        return JobStarter(engine, request, return_timeout, None)
+    if not idempotency_key.isprintable():
         raise ApiError(
             400, "invalid_parameter", "Idempotency-Key must be 1 to 255 printable characters", target="Idempotency-Key"
         )
-    return JobStarter(engine, request, return_timeout, idempotency_key)
+    idempotency = await _fingerprint(request, idempotency_key)
+    try:
+        replay = await engine.store.replay_idempotent(engine.owner_of(request), idempotency)
+    except IdempotencyMismatch as exc:
+        raise _mismatch(exc) from None
+    if replay is not None:
+        raise ReplayAnswer(accepted_response(engine, replay.job, replay.answer_status))
+    return JobStarter(engine, request, return_timeout, idempotency)
 
 
 #: Annotate an endpoint parameter with this to start a job from it (see module doc).

@@ -120,8 +120,16 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     return error_response(request, ApiError(500, "internal_error", message))
 
 
+async def _on_replay(request: Request, exc: Exception) -> Response:
+    response: Response = getattr(exc, "response")  # noqa: B009 - ReplayAnswer, imported lazily
+    return response
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every error of ``app`` with the SPEC error body."""
+    from .asynccall import ReplayAnswer
+
+    app.add_exception_handler(ReplayAnswer, _on_replay)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_exception)

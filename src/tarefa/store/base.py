@@ -164,6 +164,11 @@ class Store(Protocol):
         - resource_key given and held by a non-terminal job → :class:`ResourceBusy`.
         """
 
+    async def replay_idempotent(self, owner: str, idempotency: Idempotency) -> Created | None:
+        """The job first created with this key by ``owner`` (``Created(job, created=False,
+        answer_status=...)``), None if the key is new; :class:`IdempotencyMismatch` if the key
+        came with another request. Lets an endpoint replay before it validates again."""
+
     async def set_answer_status(self, job_id: str, status: int) -> None:
         """Record the status code of the first answer (200 when ``return_timeout`` saw it end)."""
 

@@ -120,6 +120,16 @@ def _select_jobs(conn: sqlite3.Connection, query: str, params: Sequence[Any]) ->
     return [row_to_job(row) for row in conn.execute(query, params)]
 
 
+def _replay(conn: sqlite3.Connection, owner: str, idempotency: Idempotency) -> Created | None:
+    row = conn.execute(sql.SELECT_BY_IDEMPOTENCY, (owner, idempotency.key)).fetchone()
+    if row is None:
+        return None
+    first = row_to_job(row)
+    if row[-2] != idempotency.request_hash:
+        raise IdempotencyMismatch(idempotency.key, first.id)
+    return Created(first, created=False, answer_status=row[-1])
+
+
 def _ids(job_ids: Collection[str]) -> str:
     return orjson.dumps(list(job_ids)).decode()
 
@@ -234,12 +244,9 @@ class SQLiteStore:
     ) -> Created:
         def work(conn: sqlite3.Connection) -> tuple[Created, Sequence[JobChange]]:
             if idempotency is not None:
-                row = conn.execute(sql.SELECT_BY_IDEMPOTENCY, (job.owner, idempotency.key)).fetchone()
-                if row is not None:
-                    first = row_to_job(row)
-                    if row[-2] != idempotency.request_hash:
-                        raise IdempotencyMismatch(idempotency.key, first.id)
-                    return Created(first, created=False, answer_status=row[-1]), NO_CHANGES
+                replay = _replay(conn, job.owner, idempotency)
+                if replay is not None:
+                    return replay, NO_CHANGES
             if resource_key is not None:
                 holder = conn.execute(sql.SELECT_RESOURCE_HOLDER, (resource_key,)).fetchone()
                 if holder is not None:
@@ -250,6 +257,9 @@ class SQLiteStore:
             return Created(job, created=True), (JobChange(job.id, job),)
 
         return await self._write(work)
+
+    async def replay_idempotent(self, owner: str, idempotency: Idempotency) -> Created | None:
+        return await self._read(lambda conn: _replay(conn, owner, idempotency))
 
     async def set_answer_status(self, job_id: str, status: int) -> None:
         def work(conn: sqlite3.Connection) -> tuple[None, Sequence[JobChange]]:

@@ -20,7 +20,14 @@ from typing import Any
 import orjson
 
 from .model import Job, JobState
-from .operations import JobCancelled, JobContext, Operation, OperationError, OperationRegistry, ThreadJobContext
+from .operations import (
+    JobCancelled,
+    JobContext,
+    Operation,
+    OperationError,
+    OperationRegistry,
+    ThreadJobContext,
+)
 from .store import JobChange, Outcome, Store, StoreError
 
 log = logging.getLogger("tarefa.runner")
@@ -78,7 +85,12 @@ class Runner:
         self.store.add_listener(self.on_changes)
         recovered = await self.store.recover_jobs(expired_only=not self.store.exclusive)
         for job in recovered:
-            log.warning("recovered job %s (%s) left running by a stopped process: now %s", job.id, job.operation, job.state)
+            log.warning(
+                "recovered job %s (%s) left running by a stopped process: now %s",
+                job.id,
+                job.operation,
+                job.state,
+            )
         if self.concurrency > 0:
             self._tasks = [asyncio.create_task(self._claim_loop()), asyncio.create_task(self._lease_loop())]
 

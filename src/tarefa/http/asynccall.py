@@ -31,9 +31,7 @@ if TYPE_CHECKING:
 class JobStarter:
     """Starts the job of one asynchronous request; get it by annotating a parameter ``AsyncCall``."""
 
-    def __init__(
-        self, engine: Tarefa, request: Request, return_timeout: int, idempotency: Idempotency | None
-    ) -> None:
+    def __init__(self, engine: Tarefa, request: Request, return_timeout: int, idempotency: Idempotency | None) -> None:
         self.engine = engine
         self.request = request
         self.return_timeout = return_timeout
@@ -64,9 +62,13 @@ class JobStarter:
             )
         except ResourceBusy as exc:
             raise ApiError(
-                409, "resource_busy", f"job {exc.job_id} is already working on this resource; wait for it to end",
-                details={"job": {"id": exc.job_id, "_links": {"self": {"href": f"{self.engine.jobs_href}/{exc.job_id}"}}}},
-            ) from None  # fmt: skip
+                409,
+                "resource_busy",
+                f"job {exc.job_id} is already working on this resource; wait for it to end",
+                details={
+                    "job": {"id": exc.job_id, "_links": {"self": {"href": f"{self.engine.jobs_href}/{exc.job_id}"}}}
+                },
+            ) from None
         except IdempotencyMismatch as exc:
             raise _mismatch(exc) from None
         job, status = created.job, created.answer_status
@@ -96,10 +98,11 @@ class ReplayAnswer(Exception):
 
 def _mismatch(exc: IdempotencyMismatch) -> ApiError:
     return ApiError(
-        422, "idempotency_key_reused",
+        422,
+        "idempotency_key_reused",
         f"Idempotency-Key {exc.key!r} was used for a different request (job {exc.job_id}); use a new key",
         target="Idempotency-Key",
-    )  # fmt: skip
+    )
 
 
 async def _fingerprint(request: Request, key: str) -> Idempotency:
@@ -114,7 +117,8 @@ async def _fingerprint(request: Request, key: str) -> Idempotency:
 async def _async_call(
     request: Request,
     return_timeout: Annotated[
-        int, Query(ge=0, le=120, description="Wait up to this many seconds for the job to end (200 if it does)")
+        int,
+        Query(ge=0, le=120, description="Wait up to this many seconds for the job to end (200 if it does)"),
     ] = 0,
     idempotency_key: Annotated[
         str | None,
@@ -133,7 +137,10 @@ async def _async_call(
         return JobStarter(engine, request, return_timeout, None)
     if not idempotency_key.isprintable():
         raise ApiError(
-            400, "invalid_parameter", "Idempotency-Key must be 1 to 255 printable characters", target="Idempotency-Key"
+            400,
+            "invalid_parameter",
+            "Idempotency-Key must be 1 to 255 printable characters",
+            target="Idempotency-Key",
         )
     idempotency = await _fingerprint(request, idempotency_key)
     try:

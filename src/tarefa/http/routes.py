@@ -16,7 +16,16 @@ from starlette.responses import Response
 from ..model import JobState, from_microseconds, parse_timestamp, to_microseconds
 from ..store import JobAlreadyTerminal, JobNotTerminal, JobQuery
 from .errors import REQUEST_ID_HEADER, ApiError, request_id
-from .wire import ErrorBody, JobEnvelope, JobList, JobRecord, job_headers, job_to_wire, json_response, parse_fields
+from .wire import (
+    ErrorBody,
+    JobEnvelope,
+    JobList,
+    JobRecord,
+    job_headers,
+    job_to_wire,
+    json_response,
+    parse_fields,
+)
 
 if TYPE_CHECKING:
     from ..engine import Tarefa
@@ -71,9 +80,11 @@ def parse_order(text: str) -> tuple[str, bool]:
     parts = text.split()
     if not parts or len(parts) > 2 or parts[0] not in ("create_time", "last_modified"):
         raise ApiError(
-            400, "invalid_parameter", f"order_by {text!r}: use create_time or last_modified, then asc or desc",
+            400,
+            "invalid_parameter",
+            f"order_by {text!r}: use create_time or last_modified, then asc or desc",
             target="order_by",
-        )  # fmt: skip
+        )
     direction = parts[1].lower() if len(parts) == 2 else "asc"
     if direction not in ("asc", "desc"):
         raise ApiError(400, "invalid_parameter", f"order_by direction {parts[1]!r}: use asc or desc", target="order_by")
@@ -91,7 +102,10 @@ def decode_cursor(text: str) -> tuple[datetime, str]:
         return from_microseconds(int(micros)), str(job_id)
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
         raise ApiError(
-            400, "invalid_parameter", "cursor is not one this server gave: follow _links.next as it is", target="cursor"
+            400,
+            "invalid_parameter",
+            "cursor is not one this server gave: follow _links.next as it is",
+            target="cursor",
         ) from None
 
 
@@ -148,16 +162,24 @@ def job_routes(engine: Tarefa) -> APIRouter:
         if poll_timeout is None:
             job = await engine.store.get_job(job_id, owner)
         else:
-            job = await engine.wait_for_change(job_id, owner, baseline=parse_baseline(last_modified), timeout=poll_timeout)
+            job = await engine.wait_for_change(
+                job_id, owner, baseline=parse_baseline(last_modified), timeout=poll_timeout
+            )
         if job is None:
             raise _not_found(job_id)
         retry_after = engine.retry_after if poll_timeout is None else None
         return json_response(
-            {"record": job_to_wire(job, engine.jobs_href, selected)}, headers=job_headers(job, retry_after=retry_after)
+            {"record": job_to_wire(job, engine.jobs_href, selected)},
+            headers=job_headers(job, retry_after=retry_after),
         )
 
-    @router.patch("/{job_id}", status_code=202, response_model=JobEnvelope, summary="Cancel a job",
-                  responses={409: {"model": ErrorBody, "description": "The job has already ended"}})  # fmt: skip
+    @router.patch(
+        "/{job_id}",
+        status_code=202,
+        response_model=JobEnvelope,
+        summary="Cancel a job",
+        responses={409: {"model": ErrorBody, "description": "The job has already ended"}},
+    )
     async def change_job(
         request: Request, job_id: str, action: Annotated[str, Query(description="cancel")]
     ) -> Response:
@@ -171,16 +193,21 @@ def job_routes(engine: Tarefa) -> APIRouter:
             raise _not_found(job_id)
         return json_response({"job": job_to_wire(job, engine.jobs_href)}, 202, job_headers(job))
 
-    @router.delete("/{job_id}", status_code=204, summary="Delete an ended job",
-                   responses={409: {"model": ErrorBody, "description": "The job is still queued or running"}})  # fmt: skip
+    @router.delete(
+        "/{job_id}",
+        status_code=204,
+        summary="Delete an ended job",
+        responses={409: {"model": ErrorBody, "description": "The job is still queued or running"}},
+    )
     async def delete_job(request: Request, job_id: str) -> Response:
         try:
             deleted = await engine.store.delete_job(job_id, engine.visible_owner(request))
         except JobNotTerminal as exc:
             raise ApiError(
-                409, "job_not_terminal",
+                409,
+                "job_not_terminal",
                 f"job {job_id} is still {exc.job.state.value}: cancel it, and delete it once it has ended",
-            ) from None  # fmt: skip
+            ) from None
         if not deleted:
             raise _not_found(job_id)
         return Response(status_code=204, headers={REQUEST_ID_HEADER: request_id(request)})

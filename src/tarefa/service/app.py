@@ -36,7 +36,7 @@ class ClusterIn(BaseModel):
     hosts: Annotated[list[str], Field(description="one registered host per node")]
 
 
-def _in(address: str, network: ipaddress.IPv4Network) -> bool:
+def _in(address: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
     try:
         return ipaddress.ip_address(address) in network
     except ValueError:
@@ -65,15 +65,22 @@ def create_app(*, store: str | None = None, workers: int = 4, step_delay: float 
 def _declare_operations(jobs: Tarefa, step_delay: float) -> None:
     @jobs.operation("host.register")
     async def register_host(ctx: JobContext, host: HostIn) -> dict[str, Any]:
-        for progress, message in ((10, f"Contacting host {host.address}"), (40, "Checking the host's hypervisor")):
+        for progress, message in (
+            (10, f"Contacting host {host.address}"),
+            (40, "Checking the host's hypervisor"),
+        ):
             await ctx.report(message, progress=progress)
             await ctx.sleep(step_delay)
         if _in(host.address, UNREACHABLE):
             raise OperationError("host_unreachable", f"Host {host.name} at {host.address} does not answer")
         await ctx.report("Recording the host", progress=80)
         await ctx.sleep(step_delay)
-        record = {"name": host.name, "address": host.address, "state": "registered",
-                  "_links": {"self": {"href": f"/api/hosts/{host.name}"}}}  # fmt: skip
+        record = {
+            "name": host.name,
+            "address": host.address,
+            "state": "registered",
+            "_links": {"self": {"href": f"/api/hosts/{host.name}"}},
+        }
         await jobs.store.put_resource(HOST, host.name, record)
         return record
 
@@ -83,7 +90,10 @@ def _declare_operations(jobs: Tarefa, step_delay: float) -> None:
         await _save_cluster(jobs, cluster, state="deploying")
         for index, node in enumerate(cluster["nodes"], start=1):
             total = len(cluster["nodes"])
-            await ctx.report(f"Deploying node {index} of {total} on host {node['host']}", progress=(index - 1) * 100 // total)
+            await ctx.report(
+                f"Deploying node {index} of {total} on host {node['host']}",
+                progress=(index - 1) * 100 // total,
+            )
             await ctx.sleep(step_delay)
             host = await jobs.store.get_resource(HOST, node["host"]) or {}
             if _in(str(host.get("address", "")), FAILS_DEPLOY):
@@ -101,7 +111,10 @@ def _declare_operations(jobs: Tarefa, step_delay: float) -> None:
         cluster = await _cluster(jobs, cluster_id)
         await _save_cluster(jobs, cluster, state="deleting")
         for index, node in enumerate(cluster["nodes"], start=1):
-            await ctx.report(f"Removing node {index} from host {node['host']}", progress=(index - 1) * 100 // len(cluster["nodes"]))
+            await ctx.report(
+                f"Removing node {index} from host {node['host']}",
+                progress=(index - 1) * 100 // len(cluster["nodes"]),
+            )
             await ctx.sleep(step_delay)
         await jobs.store.delete_resource(CLUSTER, cluster_id)
         return {"id": cluster_id, "name": cluster["name"], "state": "deleted"}
@@ -128,7 +141,9 @@ def _host_routes(app: FastAPI, jobs: Tarefa) -> None:
     async def register_host(host: HostIn, call: AsyncCall) -> Response:
         if await jobs.store.get_resource(HOST, host.name) is not None:
             raise ApiError(409, "host_exists", f"a host named {host.name!r} is already registered", target="name")
-        return await call.start("host.register", host, resource=f"/api/hosts/{host.name}", resource_key=f"host:{host.name}")
+        return await call.start(
+            "host.register", host, resource=f"/api/hosts/{host.name}", resource_key=f"host:{host.name}"
+        )
 
     @app.get("/api/hosts", tags=["hosts"], summary="List hosts")
     async def list_hosts() -> dict[str, Any]:
@@ -153,11 +168,16 @@ def _cluster_routes(app: FastAPI, jobs: Tarefa) -> None:
             raise ApiError(409, "cluster_exists", f"a cluster named {body.name!r} exists already", target="name")
         cluster_id = secrets.token_urlsafe(9)
         cluster = {
-            "id": cluster_id, "name": body.name, "node_count": body.node_count, "state": "configured",
-            "nodes": [{"name": f"{body.name}-{i:02d}", "host": host, "state": "configured"}
-                      for i, host in enumerate(body.hosts, start=1)],
+            "id": cluster_id,
+            "name": body.name,
+            "node_count": body.node_count,
+            "state": "configured",
+            "nodes": [
+                {"name": f"{body.name}-{i:02d}", "host": host, "state": "configured"}
+                for i, host in enumerate(body.hosts, start=1)
+            ],
             "_links": {"self": {"href": f"/api/clusters/{cluster_id}"}},
-        }  # fmt: skip
+        }
         await jobs.store.put_resource(CLUSTER, cluster_id, cluster)
         response.headers["Location"] = f"/api/clusters/{cluster_id}"
         return {"record": cluster}
@@ -188,9 +208,11 @@ def _cluster_routes(app: FastAPI, jobs: Tarefa) -> None:
 async def _check_hosts(jobs: Tarefa, body: ClusterIn) -> None:
     if len(body.hosts) != body.node_count:
         raise ApiError(
-            400, "invalid_body", f"a {body.node_count}-node cluster needs {body.node_count} hosts, not {len(body.hosts)}",
+            400,
+            "invalid_body",
+            f"a {body.node_count}-node cluster needs {body.node_count} hosts, not {len(body.hosts)}",
             target="hosts",
-        )  # fmt: skip
+        )
     if len(set(body.hosts)) != len(body.hosts):
         raise ApiError(400, "invalid_body", "each node needs its own host: a host is listed twice", target="hosts")
     for name in body.hosts:
@@ -200,5 +222,6 @@ async def _check_hosts(jobs: Tarefa, body: ClusterIn) -> None:
     in_use = {node["host"]: c["name"] for c in await jobs.store.list_resources(CLUSTER) for node in c["nodes"]}
     taken = [name for name in body.hosts if name in in_use]
     if taken:
-        raise ApiError(409, "host_in_use", f"host {taken[0]!r} already runs a node of cluster {in_use[taken[0]]!r}",
-                       target="hosts")  # fmt: skip
+        raise ApiError(
+            409, "host_in_use", f"host {taken[0]!r} already runs a node of cluster {in_use[taken[0]]!r}", target="hosts"
+        )

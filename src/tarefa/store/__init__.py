@@ -70,6 +70,4 @@ def open_store(url: str) -> Store:
                 f"the PostgreSQL store needs the 'postgres' extra: pip install 'tarefa[postgres]' ({exc})"
             ) from None
         return PostgresStore(url.split("?", 1)[0], **options)
-    raise InvalidStoreURL(
-        f"unknown store URL {url!r}: use sqlite:///path/to/file.db or postgresql://user@host/db"
-    )
+    raise InvalidStoreURL(f"unknown store URL {url!r}: use sqlite:///path/to/file.db or postgresql://user@host/db")

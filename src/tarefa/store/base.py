@@ -214,9 +214,7 @@ class Store(Protocol):
 
     # -- application resources (small JSON documents for the applications built on tarefa) -----
 
-    async def put_resource(
-        self, kind: str, key: str, data: dict[str, Any], *, only_if_absent: bool = False
-    ) -> bool:
+    async def put_resource(self, kind: str, key: str, data: dict[str, Any], *, only_if_absent: bool = False) -> bool:
         """Store a document; with ``only_if_absent``, False (and no change) if the key exists."""
 
     async def get_resource(self, kind: str, key: str) -> dict[str, Any] | None:

@@ -159,13 +159,17 @@ class SQLiteStore:
             raise StoreError(f"cannot open the SQLite store {self.path}: directory {self.path.parent} does not exist")
         self._lock_file()
         loop = asyncio.get_running_loop()
-        writer = ConnectionThread(self._connect_writer, loop, self._deliver, transactional=True, name="tarefa-sqlite-writer")
+        writer = ConnectionThread(
+            self._connect_writer, loop, self._deliver, transactional=True, name="tarefa-sqlite-writer"
+        )
         try:
             await writer.started()
         except BaseException:
             self._unlock_file()
             raise
-        reader = ConnectionThread(self._connect_reader, loop, self._deliver, transactional=False, name="tarefa-sqlite-reader")
+        reader = ConnectionThread(
+            self._connect_reader, loop, self._deliver, transactional=False, name="tarefa-sqlite-reader"
+        )
         await reader.started()
         self._writer, self._reader = writer, reader
 
@@ -312,7 +316,9 @@ class SQLiteStore:
         self, job_id: str, worker: str, *, message: str | None, progress: int | None
     ) -> Job | None:
         return await self._change_held(
-            job_id, worker, lambda job: model.report(job, now=model.utcnow(), message=message, progress=progress)
+            job_id,
+            worker,
+            lambda job: model.report(job, now=model.utcnow(), message=message, progress=progress),
         )
 
     async def finish_job(self, job_id: str, worker: str, outcome: Outcome) -> Job | None:
@@ -379,9 +385,7 @@ class SQLiteStore:
 
     # -- resources ----------------------------------------------------------------------------
 
-    async def put_resource(
-        self, kind: str, key: str, data: dict[str, Any], *, only_if_absent: bool = False
-    ) -> bool:
+    async def put_resource(self, kind: str, key: str, data: dict[str, Any], *, only_if_absent: bool = False) -> bool:
         statement = sql.PUT_RESOURCE_IF_ABSENT if only_if_absent else sql.PUT_RESOURCE
 
         def work(conn: sqlite3.Connection) -> tuple[bool, Sequence[JobChange]]:

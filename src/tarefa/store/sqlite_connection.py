@@ -128,9 +128,7 @@ class ConnectionThread(threading.Thread):
             return [(False, error)] * len(calls), []
         return outcomes, changes
 
-    def _finish(
-        self, calls: list[_Call[Any]], outcomes: list[tuple[bool, Any]], changes: list[JobChange]
-    ) -> None:
+    def _finish(self, calls: list[_Call[Any]], outcomes: list[tuple[bool, Any]], changes: list[JobChange]) -> None:
         if changes:
             self._deliver_changes(changes)
         for item, (ok, value) in zip(calls, outcomes, strict=True):

@@ -129,7 +129,4 @@ def list_jobs_sql(
     if paged:
         where.append(f"({order_by}, id) {compare} (?, ?)")
     clause = f"WHERE {' AND '.join(where)}" if where else ""
-    return (
-        f"SELECT {JOB_COLUMNS} FROM jobs {clause} "
-        f"ORDER BY {order_by} {direction}, id {direction} LIMIT ?"
-    )
+    return f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY {order_by} {direction}, id {direction} LIMIT ?"

@@ -87,14 +87,18 @@ class Tarefa:
 
         app.router.lifespan_context = lifespan
 
-    def configure(self, *, store: str | Store | None = None, workers: int | None = None) -> None:
-        """Override settings before start (``tarefa serve --store/--workers`` does this)."""
+    def configure(
+        self, *, store: str | Store | None = None, workers: int | None = None, grace_seconds: float | None = None
+    ) -> None:
+        """Override settings before start (``tarefa serve --store/--workers/--grace`` does this)."""
         if self._store is not None:
             raise RuntimeError("configure() must be called before the job layer starts")
         if store is not None:
             self._store_spec = store
         if workers is not None:
             self.workers = workers
+        if grace_seconds is not None:
+            self.grace_seconds = grace_seconds
 
     # -- life cycle ---------------------------------------------------------------------------
 

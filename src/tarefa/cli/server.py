@@ -22,6 +22,9 @@ def serve(
     step_delay: Annotated[
         float, typer.Option(min=0.0, help="Reference service: seconds per simulated step (0: instant)")
     ] = 1.0,
+    grace: Annotated[
+        float, typer.Option(min=0.0, help="On SIGTERM, seconds running jobs get to finish before release")
+    ] = 30.0,
     app: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option("--app", help="Serve your own application instead: module:attribute"),
@@ -36,14 +39,15 @@ def serve(
         from ..service import create_app
 
         application = create_app(store=store, workers=workers, step_delay=step_delay)
+        tarefa = tarefa_of(application)
     else:
         try:
             application = load_app(app)
         except (ValueError, ImportError) as exc:
             _fail(str(exc))
         tarefa = tarefa_of(application)
-        assert tarefa is not None  # load_app checked it
-        tarefa.configure(store=store, workers=workers)
+    assert tarefa is not None  # create_app and load_app make sure of it
+    tarefa.configure(store=store, workers=workers, grace_seconds=grace)
     run(application, host=host, port=port, access_log=access_log, log_level=log_level.lower())
 
 

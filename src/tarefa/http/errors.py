@@ -96,6 +96,9 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     code = "invalid_body" if kind == "body" else "invalid_parameter"
     where = "request body" if kind == "body" else f"{kind} parameter"
     message = f"{where} {target!r}: {first.get('msg', 'invalid value')}"
+    if first.get("type") == "json_invalid":
+        reason = first.get("ctx", {}).get("error", "malformed")
+        target, message = "body", f"the request body is not valid JSON ({reason}); send a JSON object"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
     return error_response(request, ApiError(400, code, message, target=target))

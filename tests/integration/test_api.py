@@ -1,4 +1,4 @@
-"""The job API (SPEC §1–§4, §6) through httpx against the ASGI app, on a real SQLite file."""
+"""The job API (SPEC §1 to §4, §6) through httpx against the ASGI app, on a real SQLite file."""
 
 from __future__ import annotations
 
@@ -397,7 +397,7 @@ async def test_list_filters_and_orders(api: Api) -> None:
     assert await ids(state="success") == done[::-1]  # default: newest first
     assert set(await ids(state="queued|running")) == {held}
     assert await ids(operation="thing.sync") == []
-    assert (await ids(order_by="last_modified desc"))[0] in done + [held]
+    assert (await ids(order_by="last_modified desc"))[0] in [*done, held]
     api.gates.open("list")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -42,7 +43,7 @@ def test_timestamps_strictly_increase_within_one_clock_tick() -> None:
         stamps.append(job.last_modified)
     job = model.succeed(job, now=T0, result=None)
     stamps.append(job.last_modified)
-    assert all(b > a for a, b in zip(stamps, stamps[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(stamps))
     assert stamps[-1] - stamps[0] == timedelta(microseconds=len(stamps) - 1)
 
 

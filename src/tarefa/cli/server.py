@@ -1,12 +1,18 @@
-"""Server commands: ``tarefa serve`` (the API, with workers in the process)."""
+"""Server commands: ``tarefa serve`` (the API), ``tarefa worker`` (jobs only), ``tarefa db``."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import asyncio
+import logging
+import signal
+from typing import Annotated, NoReturn, Optional
 
 import typer
+from fastapi import FastAPI
 
-from ..serving import is_loopback, load_app, run, tarefa_of
+from ..engine import Tarefa
+from ..serving import LOG_FORMAT, is_loopback, load_app, run, tarefa_of
+from ..store import StoreError, open_store
 
 StoreOption = Annotated[
     Optional[str],  # noqa: UP045 - typer reads the annotation at run time
@@ -35,23 +41,85 @@ def serve(
     """Serve the job API: the reference service, or your application with --app."""
     if not is_loopback(host):
         _fail(f"refusing to listen on {host}: authentication is not available yet, so tarefa serves loopback only")
+    application, tarefa = _load_tarefa(app, store, workers, step_delay)
+    tarefa.configure(store=store, workers=workers, grace_seconds=grace)
+    run(application, host=host, port=port, access_log=access_log, log_level=log_level.lower())
+
+
+def worker(
+    store: StoreOption = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once by this process")] = 4,
+    app: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--app", help="Run your application's operations: module:attribute"),
+    ] = None,
+    step_delay: Annotated[
+        float, typer.Option(min=0.0, help="Reference service: seconds per simulated step (0: instant)")
+    ] = 1.0,
+    grace: Annotated[
+        float, typer.Option(min=0.0, help="On SIGTERM, seconds running jobs get to finish before release")
+    ] = 30.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run jobs without serving HTTP (several machines share one PostgreSQL store)."""
+    _, tarefa = _load_tarefa(app, store, concurrency, step_delay)
+    tarefa.configure(store=store, workers=concurrency, grace_seconds=grace)
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    try:
+        asyncio.run(_work_until_signal(tarefa))
+    except StoreError as exc:
+        _fail(str(exc))
+
+
+def _load_tarefa(app: str | None, store: str | None, workers: int, step_delay: float) -> tuple[FastAPI, Tarefa]:
+    """The application (reference service unless ``app`` names one) and its Tarefa."""
     if app is None:
         from ..service import create_app
 
         application = create_app(store=store, workers=workers, step_delay=step_delay)
-        tarefa = tarefa_of(application)
     else:
         try:
             application = load_app(app)
         except (ValueError, ImportError) as exc:
             _fail(str(exc))
-        tarefa = tarefa_of(application)
+    tarefa = tarefa_of(application)
     assert tarefa is not None  # create_app and load_app make sure of it
-    tarefa.configure(store=store, workers=workers, grace_seconds=grace)
-    run(application, host=host, port=port, access_log=access_log, log_level=log_level.lower())
+    return application, tarefa
 
 
-def _fail(message: str) -> None:
+async def _work_until_signal(tarefa: Tarefa) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with tarefa.running():
+        logging.getLogger("tarefa").info("worker started: %d job(s) at once", tarefa.workers)
+        await stop.wait()
+        logging.getLogger("tarefa").info("stopping: running jobs get %.0f s to finish", tarefa.grace_seconds)
+
+
+db = typer.Typer(help="Database schema commands.", no_args_is_help=True)
+
+
+@db.command("upgrade")
+def upgrade(store: StoreOption = None) -> None:
+    """Apply the schema migrations this tarefa knows (start-up applies them too)."""
+    target = open_store(store or "sqlite:///./tarefa.db")
+
+    async def apply() -> int:
+        try:
+            return await target.upgrade()
+        finally:
+            await target.close()
+
+    try:
+        version = asyncio.run(apply())
+    except StoreError as exc:
+        _fail(str(exc))
+    typer.echo(f"schema is at version {version}")
+
+
+def _fail(message: str) -> NoReturn:
     typer.echo(f"tarefa: {message}", err=True)
     raise typer.Exit(2)
 
@@ -59,3 +127,5 @@ def _fail(message: str) -> None:
 def register(app: typer.Typer) -> None:
     """Add the server commands to ``app``."""
     app.command("serve")(serve)
+    app.command("worker")(worker)
+    app.add_typer(db, name="db")

@@ -97,7 +97,8 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
     where = "request body" if kind == "body" else f"{kind} parameter"
     message = f"{where} {target!r}: {first.get('msg', 'invalid value')}"
     if first.get("type") == "json_invalid":
-        reason = first.get("ctx", {}).get("error", "malformed")
+        context = first.get("ctx")
+        reason = context.get("error", "malformed") if isinstance(context, dict) else "malformed"
         target, message = "body", f"the request body is not valid JSON ({reason}); send a JSON object"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"

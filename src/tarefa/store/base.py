@@ -148,6 +148,9 @@ class Store(Protocol):
     async def close(self) -> None:
         """Finish pending writes and release connections."""
 
+    async def upgrade(self) -> int:
+        """Apply the schema migrations (``tarefa db upgrade``); returns the schema version."""
+
     def add_listener(self, listener: ChangeListener) -> None:
         """Call ``listener`` on the event loop with every committed change (see module doc)."""
 

@@ -173,6 +173,11 @@ class SQLiteStore:
         await reader.started()
         self._writer, self._reader = writer, reader
 
+    async def upgrade(self) -> int:
+        """Open (which migrates the schema) and tell the version."""
+        await self.open()
+        return len(sql.MIGRATIONS)
+
     async def close(self) -> None:
         writer, reader = self._writer, self._reader
         self._writer = self._reader = None

@@ -112,10 +112,14 @@ class Tarefa:
     def runner(self) -> Runner | None:
         return self._runner
 
+    def build_store(self) -> Store:
+        """The configured store, not yet opened."""
+        spec = self._store_spec
+        return open_store(spec) if isinstance(spec, str) else spec
+
     async def start(self) -> None:
         """Open the store, recover what a crash left, start the workers and the purge."""
-        spec = self._store_spec
-        store = open_store(spec) if isinstance(spec, str) else spec
+        store = self.build_store()
         store.add_listener(self.hub.publish)
         await store.open()
         self._store = store

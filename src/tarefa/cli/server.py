@@ -43,6 +43,7 @@ def serve(
         _fail(f"refusing to listen on {host}: authentication is not available yet, so tarefa serves loopback only")
     application, tarefa = _load_tarefa(app, store, workers, step_delay)
     tarefa.configure(store=store, workers=workers, grace_seconds=grace)
+    _check_store(tarefa)
     run(application, host=host, port=port, access_log=access_log, log_level=log_level.lower())
 
 
@@ -64,6 +65,7 @@ def worker(
     """Run jobs without serving HTTP (several machines share one PostgreSQL store)."""
     _, tarefa = _load_tarefa(app, store, concurrency, step_delay)
     tarefa.configure(store=store, workers=concurrency, grace_seconds=grace)
+    _check_store(tarefa)
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     try:
         asyncio.run(_work_until_signal(tarefa))
@@ -85,6 +87,20 @@ def _load_tarefa(app: str | None, store: str | None, workers: int, step_delay: f
     tarefa = tarefa_of(application)
     assert tarefa is not None  # create_app and load_app make sure of it
     return application, tarefa
+
+
+def _check_store(tarefa: Tarefa) -> None:
+    """Open and close the store once, so that a bad URL or a locked file is one clear line."""
+
+    async def check() -> None:
+        store = tarefa.build_store()
+        await store.open()
+        await store.close()
+
+    try:
+        asyncio.run(check())
+    except (StoreError, ValueError, OSError) as exc:
+        _fail(f"cannot use the store: {exc}")
 
 
 async def _work_until_signal(tarefa: Tarefa) -> None:

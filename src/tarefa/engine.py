@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 
 from . import model
 from .http.errors import RequestIdMiddleware, install_error_handlers
+from .http.openapi import document_error_bodies
 from .http.routes import job_routes
 from .model import Job
 from .operations import OperationRegistry, dump_input
@@ -77,6 +78,7 @@ class Tarefa:
         app.state.tarefa = self
         app.include_router(job_routes(self), prefix=self.jobs_href)
         install_error_handlers(app)
+        document_error_bodies(app)
         app.add_middleware(RequestIdMiddleware)
         original = app.router.lifespan_context
 

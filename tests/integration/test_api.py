@@ -490,3 +490,7 @@ async def test_openapi_documents_asynchronous_calls(api: Api) -> None:
     job_schema = schema["components"]["schemas"]["JobModel"]
     assert job_schema["properties"]["state"]["enum"] == ["queued", "running", "success", "failure"]
     assert {"/api/jobs", "/api/jobs/{job_id}"} <= set(schema["paths"])
+    # validation errors are documented as they are answered: 400 with the error body
+    assert "HTTPValidationError" not in str(schema)
+    get = schema["paths"]["/api/jobs/{job_id}"]["get"]["responses"]
+    assert "422" not in get and get["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")

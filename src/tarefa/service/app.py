@@ -23,6 +23,7 @@ UNREACHABLE = ipaddress.ip_network("192.0.2.0/24")
 FAILS_DEPLOY = ipaddress.ip_network("198.51.100.0/24")
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 HOST, CLUSTER = "host", "cluster"
+ClusterId = Annotated[str, Path(description="the cluster's id")]
 
 
 class HostIn(BaseModel):
@@ -158,8 +159,6 @@ def _host_routes(app: FastAPI, jobs: Tarefa) -> None:
 
 
 def _cluster_routes(app: FastAPI, jobs: Tarefa) -> None:
-    ClusterId = Annotated[str, Path(description="the cluster's id")]
-
     @app.post("/api/clusters", status_code=201, tags=["clusters"], summary="Configure a cluster")
     async def create_cluster(body: ClusterIn, response: Response) -> dict[str, Any]:
         await _check_hosts(jobs, body)

@@ -1,0 +1,42 @@
+"""OpenAPI as the API really answers: a malformed request is a 400 with the SPEC error body,
+not FastAPI's 422 ``HTTPValidationError``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
+BAD_REQUEST = {
+    "description": "A malformed parameter or body",
+    "content": {"application/json": {"schema": ERROR_REF}},
+}
+
+
+def _replace_validation_responses(schema: dict[str, Any]) -> None:
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            unprocessable = responses.get("422", {})
+            if "HTTPValidationError" in repr(unprocessable):
+                del responses["422"]
+                responses.setdefault("400", BAD_REQUEST)
+    components = schema.get("components", {}).get("schemas", {})
+    if "HTTPValidationError" not in repr(schema.get("paths")):
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+
+
+def document_error_bodies(app: FastAPI) -> None:
+    """Make ``app.openapi()`` describe validation errors as tarefa answers them."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            _replace_validation_responses(schema)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

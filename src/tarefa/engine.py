@@ -90,9 +90,14 @@ class Tarefa:
         app.router.lifespan_context = lifespan
 
     def configure(
-        self, *, store: str | Store | None = None, workers: int | None = None, grace_seconds: float | None = None
+        self,
+        *,
+        store: str | Store | None = None,
+        workers: int | None = None,
+        grace_seconds: float | None = None,
+        lease_seconds: float | None = None,
     ) -> None:
-        """Override settings before start (``tarefa serve --store/--workers/--grace`` does this)."""
+        """Override settings before start (``tarefa serve/worker`` options do this)."""
         if self._store is not None:
             raise RuntimeError("configure() must be called before the job layer starts")
         if store is not None:
@@ -101,6 +106,8 @@ class Tarefa:
             self.workers = workers
         if grace_seconds is not None:
             self.grace_seconds = grace_seconds
+        if lease_seconds is not None:
+            self.lease_seconds = lease_seconds
 
     # -- life cycle ---------------------------------------------------------------------------
 

@@ -59,14 +59,16 @@ class Runner:
         *,
         concurrency: int = 4,
         lease_seconds: float = 30.0,
-        poll_seconds: float = 1.0,
+        poll_seconds: float | None = None,
         worker_id: str | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.concurrency = concurrency
         self.lease_seconds = lease_seconds
-        self.poll_seconds = poll_seconds
+        # Every change reaches on_changes, so polling is only a safety net: rare for a store this
+        # process owns, every second for a shared store (a NOTIFY may be lost while reconnecting).
+        self.poll_seconds = poll_seconds or (30.0 if store.exclusive else 1.0)
         self.worker_id = worker_id or new_worker_id()
         self._running: dict[str, tuple[asyncio.Task[None], JobContext]] = {}
         self._wake = asyncio.Event()
@@ -93,6 +95,8 @@ class Runner:
             )
         if self.concurrency > 0:
             self._tasks = [asyncio.create_task(self._claim_loop()), asyncio.create_task(self._lease_loop())]
+        if not self.store.exclusive:
+            self._tasks.append(asyncio.create_task(self._recovery_loop()))
 
     def stop_accepting(self) -> None:
         """Stop taking new jobs (the first step of a graceful stop)."""
@@ -219,16 +223,23 @@ class Runner:
     # -- leases -------------------------------------------------------------------------------
 
     async def _lease_loop(self) -> None:
-        """Renew our leases and recover expired ones, a few times per lease period."""
-        interval = self.lease_seconds / 3
+        """Renew the leases of the jobs this process runs, three times per lease period."""
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.lease_seconds / 3)
             try:
                 await self._renew()
+            except StoreError as exc:
+                log.warning("cannot renew leases: %s", exc)
+
+    async def _recovery_loop(self) -> None:
+        """Shared stores: recover jobs whose worker stopped renewing (SPEC §5), soon after expiry."""
+        while True:
+            await asyncio.sleep(min(2.0, self.lease_seconds / 5))
+            try:
                 for job in await self.store.recover_jobs(expired_only=True):
                     log.warning("recovered job %s whose worker stopped renewing its lease: now %s", job.id, job.state)
             except StoreError as exc:
-                log.warning("cannot renew leases: %s", exc)
+                log.warning("cannot recover expired jobs: %s", exc)
 
     async def _renew(self) -> None:
         held = list(self._running)

@@ -14,6 +14,12 @@ from ..engine import Tarefa
 from ..serving import LOG_FORMAT, is_loopback, load_app, run, tarefa_of
 from ..store import StoreError, open_store
 
+GraceOption = Annotated[
+    float, typer.Option("--grace", min=0.0, help="On SIGTERM, seconds running jobs get to finish before release")
+]
+LeaseOption = Annotated[
+    float, typer.Option("--lease", min=1.0, help="Lease of a running job, renewed every third of it (seconds)")
+]
 StoreOption = Annotated[
     Optional[str],  # noqa: UP045 - typer reads the annotation at run time
     typer.Option("--store", envvar="TAREFA_STORE", help="Store URL [default: sqlite:///./tarefa.db]"),
@@ -28,9 +34,8 @@ def serve(
     step_delay: Annotated[
         float, typer.Option(min=0.0, help="Reference service: seconds per simulated step (0: instant)")
     ] = 1.0,
-    grace: Annotated[
-        float, typer.Option(min=0.0, help="On SIGTERM, seconds running jobs get to finish before release")
-    ] = 30.0,
+    grace: GraceOption = 30.0,
+    lease: LeaseOption = 30.0,
     app: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option("--app", help="Serve your own application instead: module:attribute"),
@@ -42,7 +47,7 @@ def serve(
     if not is_loopback(host):
         _fail(f"refusing to listen on {host}: authentication is not available yet, so tarefa serves loopback only")
     application, tarefa = _load_tarefa(app, store, workers, step_delay)
-    tarefa.configure(store=store, workers=workers, grace_seconds=grace)
+    tarefa.configure(store=store, workers=workers, grace_seconds=grace, lease_seconds=lease)
     _check_store(tarefa)
     run(application, host=host, port=port, access_log=access_log, log_level=log_level.lower())
 
@@ -57,14 +62,13 @@ def worker(
     step_delay: Annotated[
         float, typer.Option(min=0.0, help="Reference service: seconds per simulated step (0: instant)")
     ] = 1.0,
-    grace: Annotated[
-        float, typer.Option(min=0.0, help="On SIGTERM, seconds running jobs get to finish before release")
-    ] = 30.0,
+    grace: GraceOption = 30.0,
+    lease: LeaseOption = 30.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run jobs without serving HTTP (several machines share one PostgreSQL store)."""
     _, tarefa = _load_tarefa(app, store, concurrency, step_delay)
-    tarefa.configure(store=store, workers=concurrency, grace_seconds=grace)
+    tarefa.configure(store=store, workers=concurrency, grace_seconds=grace, lease_seconds=lease)
     _check_store(tarefa)
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     try:

@@ -7,6 +7,7 @@ and unexpected faults (500, logged with the request id, no stack trace to the cl
 
 from __future__ import annotations
 
+import itertools
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
@@ -150,7 +151,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = _incoming_id(scope) or secrets.token_hex(8)
+        rid = _incoming_id(scope) or _next_request_id()
         scope.setdefault("state", {})["request_id"] = rid
         header = (REQUEST_ID_HEADER.encode(), rid.encode())
 
@@ -162,6 +163,15 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+_PROCESS_PREFIX = secrets.token_hex(4)
+_request_numbers = itertools.count(1)
+
+
+def _next_request_id() -> str:
+    """Unique per process start and request (request ids need not be secret, so no urandom call)."""
+    return f"{_PROCESS_PREFIX}{next(_request_numbers):08x}"
 
 
 def _incoming_id(scope: Scope) -> str | None:

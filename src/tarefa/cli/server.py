@@ -14,11 +14,16 @@ from ..engine import Tarefa
 from ..serving import LOG_FORMAT, is_loopback, load_app, run, tarefa_of
 from ..store import StoreError, open_store
 
+# Options that tune the job layer are None unless given: an --app keeps its own settings then.
 GraceOption = Annotated[
-    float, typer.Option("--grace", min=0.0, help="On SIGTERM, seconds running jobs get to finish before release")
+    Optional[float],  # noqa: UP045 - typer reads the annotation at run time
+    typer.Option(
+        "--grace", min=0.0, help="On SIGTERM, seconds running jobs get to finish before release [default: 30]"
+    ),
 ]
 LeaseOption = Annotated[
-    float, typer.Option("--lease", min=1.0, help="Lease of a running job, renewed every third of it (seconds)")
+    Optional[float],  # noqa: UP045
+    typer.Option("--lease", min=1.0, help="Lease of a running job, renewed every third of it [default: 30]"),
 ]
 StoreOption = Annotated[
     Optional[str],  # noqa: UP045 - typer reads the annotation at run time
@@ -30,12 +35,15 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on (loopback only for now)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
     store: StoreOption = None,
-    workers: Annotated[int, typer.Option(min=0, help="Jobs run at once in this process (0: API only)")] = 4,
+    workers: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=0, help="Jobs run at once in this process (0: API only) [default: 4]"),
+    ] = None,
     step_delay: Annotated[
         float, typer.Option(min=0.0, help="Reference service: seconds per simulated step (0: instant)")
     ] = 1.0,
-    grace: GraceOption = 30.0,
-    lease: LeaseOption = 30.0,
+    grace: GraceOption = None,
+    lease: LeaseOption = None,
     app: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option("--app", help="Serve your own application instead: module:attribute"),
@@ -46,7 +54,7 @@ def serve(
     """Serve the job API: the reference service, or your application with --app."""
     if not is_loopback(host):
         _fail(f"refusing to listen on {host}: authentication is not available yet, so tarefa serves loopback only")
-    application, tarefa = _load_tarefa(app, store, workers, step_delay)
+    application, tarefa = _load_tarefa(app, step_delay)
     tarefa.configure(store=store, workers=workers, grace_seconds=grace, lease_seconds=lease)
     _check_store(tarefa)
     run(application, host=host, port=port, access_log=access_log, log_level=log_level.lower())
@@ -54,7 +62,10 @@ def serve(
 
 def worker(
     store: StoreOption = None,
-    concurrency: Annotated[int, typer.Option(min=1, help="Jobs run at once by this process")] = 4,
+    concurrency: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=1, help="Jobs run at once by this process [default: 4]"),
+    ] = None,
     app: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option("--app", help="Run your application's operations: module:attribute"),
@@ -62,12 +73,12 @@ def worker(
     step_delay: Annotated[
         float, typer.Option(min=0.0, help="Reference service: seconds per simulated step (0: instant)")
     ] = 1.0,
-    grace: GraceOption = 30.0,
-    lease: LeaseOption = 30.0,
+    grace: GraceOption = None,
+    lease: LeaseOption = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run jobs without serving HTTP (several machines share one PostgreSQL store)."""
-    _, tarefa = _load_tarefa(app, store, concurrency, step_delay)
+    _, tarefa = _load_tarefa(app, step_delay)
     tarefa.configure(store=store, workers=concurrency, grace_seconds=grace, lease_seconds=lease)
     _check_store(tarefa)
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
@@ -77,12 +88,12 @@ def worker(
         _fail(str(exc))
 
 
-def _load_tarefa(app: str | None, store: str | None, workers: int, step_delay: float) -> tuple[FastAPI, Tarefa]:
+def _load_tarefa(app: str | None, step_delay: float) -> tuple[FastAPI, Tarefa]:
     """The application (reference service unless ``app`` names one) and its Tarefa."""
     if app is None:
         from ..service import create_app
 
-        application = create_app(store=store, workers=workers, step_delay=step_delay)
+        application = create_app(step_delay=step_delay)
     else:
         try:
             application = load_app(app)

@@ -8,6 +8,12 @@ order as SQLite, whatever the database's locale.
 
 from __future__ import annotations
 
+from typing import Any
+
+from psycopg import sql
+
+from .base import JobQuery
+
 #: Channel of the ``pg_notify`` announcements (one per database).
 CHANNEL = "tarefa_jobs"
 
@@ -107,6 +113,35 @@ INSERT_JOB = f"""
     ON CONFLICT DO NOTHING
     RETURNING id
 """
+
+
+def list_jobs(query: JobQuery) -> tuple[sql.Composed, dict[str, Any]]:
+    """The page of jobs ``query`` asks for: a statement and its parameters (keyset paging)."""
+    if query.order_by not in ("create_time", "last_modified"):
+        raise ValueError(f"jobs can be ordered by create_time or last_modified, not {query.order_by!r}")
+    column = sql.Identifier(query.order_by)
+    direction = sql.SQL("DESC" if query.descending else "ASC")
+    conditions: list[sql.Composable] = []
+    params: dict[str, Any] = {"limit": max(0, query.limit)}
+    if query.owner is not None:
+        conditions.append(sql.SQL("owner = %(owner)s"))
+        params["owner"] = query.owner
+    if query.states:
+        conditions.append(sql.SQL("state = ANY(%(states)s)"))
+        params["states"] = sorted(state.value for state in query.states)
+    if query.operation is not None:
+        conditions.append(sql.SQL("operation = %(operation)s"))
+        params["operation"] = query.operation
+    if query.after is not None:
+        beyond = sql.SQL("<" if query.descending else ">")
+        conditions.append(sql.SQL("({}, id) {} (%(after_value)s, %(after_id)s)").format(column, beyond))
+        params["after_value"], params["after_id"] = query.after
+    where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
+    statement = sql.SQL("SELECT * FROM tarefa_jobs{} ORDER BY {} {}, id {} LIMIT %(limit)s").format(
+        where, column, direction, direction
+    )
+    return statement, params
+
 
 UPDATE_JOB = """
     UPDATE tarefa_jobs SET

@@ -28,9 +28,12 @@ from .operations import (
     OperationRegistry,
     ThreadJobContext,
 )
-from .store import JobChange, Outcome, Store, StoreError
+from .store import JobChange, Outcome, Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("tarefa.runner")
+
+
+_UNSTORABLE = "The job's outcome could not be stored; the server log has the details (job {})"
 
 
 def new_worker_id() -> str:
@@ -200,15 +203,27 @@ class Runner:
             )
 
     async def _finish(self, job: Job, outcome: Outcome) -> None:
-        """Store the outcome; retry on store errors while the lease may still be ours."""
+        """Store the outcome; retry while the store is unreachable and the lease may still be ours.
+
+        An outcome the store refuses for good (say, text PostgreSQL cannot hold) becomes an
+        ``internal_error`` failure, so the job still ends now rather than at its lease's end.
+        """
         delay = 0.05
         for _ in range(int(self.lease_seconds / 0.5) + 1):
             try:
                 finished = await self.store.finish_job(job.id, self.worker_id, outcome)
-            except StoreError as exc:
+            except StoreUnavailable as exc:
                 log.warning("cannot store the end of job %s (retrying): %s", job.id, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+                continue
+            except StoreError as exc:
+                log.error("the store refused the outcome of job %s: %s", job.id, exc)
+                if outcome.error_code == "internal_error":
+                    return  # not even a plain failure can be stored: the lease's end will settle it
+                outcome = Outcome(
+                    JobState.FAILURE, error_code="internal_error", error_message=_UNSTORABLE.format(job.id)
+                )
                 continue
             if finished is None:
                 log.warning("job %s ended, but this worker no longer held it; its outcome is dropped", job.id)

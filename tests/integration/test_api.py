@@ -15,7 +15,8 @@ import pytest
 from api_app import Gates, build_app
 
 from tarefa import Tarefa, model
-from tarefa.store import JobChange
+from tarefa.model import JobState
+from tarefa.store import JobChange, Outcome, StoreError, StoreUnavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -494,3 +495,34 @@ async def test_openapi_documents_asynchronous_calls(api: Api) -> None:
     assert "HTTPValidationError" not in str(schema)
     get = schema["paths"]["/api/jobs/{job_id}"]["get"]["responses"]
     assert "422" not in get and get["400"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+
+
+# -- store faults --------------------------------------------------------------------------------
+
+
+async def test_an_unavailable_store_is_503_with_retry_after(idle: Api) -> None:
+    job = (await idle.start()).json()["job"]
+
+    async def down(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("connection refused")
+
+    idle.jobs.store.get_job = down  # type: ignore[method-assign]
+    response = await idle.client.get(f"/api/jobs/{job['id']}")
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert response.json()["error"]["code"] == "store_unavailable" and response.headers["request-id"]
+
+
+async def test_an_outcome_the_store_refuses_ends_the_job_as_internal_error(api: Api) -> None:
+    store = api.jobs.store
+    original = store.finish_job
+
+    async def refuse_success(job_id: str, worker: str, outcome: Outcome) -> model.Job | None:
+        if outcome.state is JobState.SUCCESS:
+            raise StoreError("text with a NUL character")
+        return await original(job_id, worker, outcome)
+
+    store.finish_job = refuse_success  # type: ignore[method-assign]
+    job = (await api.start({"name": "n"})).json()["job"]
+    done = await api.terminal(job["id"])
+    assert done["state"] == "failure" and done["error"]["code"] == "internal_error"
+    assert "could not be stored" in done["error"]["message"]

@@ -20,6 +20,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..store import StoreUnavailable
+
 log = logging.getLogger("tarefa.http")
 
 REQUEST_ID_HEADER = "request-id"
@@ -118,6 +120,12 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(request, ApiError(exc.status_code, code, message, headers=headers))
 
 
+async def _on_store_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("request %s %s: store unavailable: %s", request.method, request.url.path, exc)
+    message = "the job store is unavailable right now; nothing was changed, retry shortly"
+    return error_response(request, ApiError(503, "store_unavailable", message, headers={"Retry-After": "1"}))
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     rid = request_id(request)
     log.error("request %s %s failed [request-id %s]", request.method, request.url.path, rid, exc_info=exc)
@@ -135,6 +143,7 @@ def install_error_handlers(app: FastAPI) -> None:
     from .asynccall import ReplayAnswer
 
     app.add_exception_handler(ReplayAnswer, _on_replay)
+    app.add_exception_handler(StoreUnavailable, _on_store_unavailable)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_exception)

@@ -10,7 +10,7 @@ import anyio
 import httpx
 
 from .config import DEFAULT_URL, ClientConfig, ClientOptions, http_options
-from .core import MAX_POLL_TIMEOUT, ClientCore, JobTarget, StateFilter
+from .core import MAX_POLL_TIMEOUT, ClientCore, JobTarget, PageRequest, StateFilter
 from .drivers import ChangeCallback, Steps, T, run_steps_async
 from .job import Job
 
@@ -69,7 +69,12 @@ class AsyncClient:
         """Start an asynchronous call; see :meth:`tarefa.client.Client.submit`."""
         return await self._drive(
             self.core.submit(
-                method, path, json, idempotency_key=idempotency_key, return_timeout=return_timeout, timeout=timeout
+                method,
+                path,
+                json,
+                idempotency_key=idempotency_key,
+                return_timeout=return_timeout,
+                timeout=timeout,
             )
         )
 
@@ -125,15 +130,14 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> AsyncIterator[Job]:
         """Every job that matches, page after page; see :meth:`tarefa.client.Client.list`."""
-        url, params = self.core.first_page(
+        where: PageRequest | None = self.core.first_page(
             state=state, operation=operation, max_records=max_records, order_by=order_by
         )
-        next_url: str | None = url
-        while next_url is not None:
-            page = await self._drive(self.core.page(next_url, params, timeout=timeout))
+        while where is not None:
+            page = await self._drive(self.core.page(where, timeout=timeout))
             for job in page.jobs:
                 yield job
-            next_url, params = (self.core.resolve(page.next_href) if page.next_href else None), ()
+            where = self.core.next_page(page)
 
     async def cancel(self, job: JobTarget, *, timeout: float | None = None) -> Job:
         """Ask the server to cancel the job; returns the job as the server answered."""
@@ -156,6 +160,12 @@ class AsyncClient:
     ) -> httpx.Response:
         """Any call, with the same retries and errors; see :meth:`tarefa.client.Client.request`."""
         steps = self.core.request(
-            method, path, json=json, params=params, headers=headers, idempotency_key=idempotency_key, timeout=timeout
+            method,
+            path,
+            json=json,
+            params=params,
+            headers=headers,
+            idempotency_key=idempotency_key,
+            timeout=timeout,
         )
         return await self._drive(steps)

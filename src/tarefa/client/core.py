@@ -39,6 +39,14 @@ def new_idempotency_key() -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class PageRequest:
+    """The URL and query of one page of a listing."""
+
+    url: str
+    params: Params = ()
+
+
+@dataclass(frozen=True, slots=True)
 class JobPage:
     """One page of a job listing and the link to the next one, if any."""
 
@@ -92,7 +100,7 @@ class ClientCore:
                 params=tuple((params or {}).items()),
                 headers=tuple(all_headers.items()),
                 deadline=Deadline.after(self.clock, timeout),
-                replayable=key is not None or None,
+                replayable=True if key else None,  # None: the method decides
             )
         )
 
@@ -108,16 +116,21 @@ class ClientCore:
         wait_seconds: float = 0.0,
         replayable: bool | None = None,
     ) -> Steps[httpx.Response]:
+        """One call, retried as :class:`RetryBudget` allows; an error status raises :class:`ApiError`.
+
+        ``replayable``: whether the call may be sent again after it may have reached the server;
+        by default, whether its method is idempotent.
+        """
         method = method.upper()
         if json is not None:
             headers = (*headers, ("Content-Type", "application/json"))
+        url = httpx.URL(self.resolve(path))
         call = HttpCall(
             method,
-            self.resolve(path),
-            params,
-            headers,
-            None if json is None else orjson.dumps(json),
+            str(url.copy_merge_params(list(params)) if params else url),
             self.config.timeout(wait_seconds),
+            headers=headers,
+            content=None if json is None else orjson.dumps(json),
         )
         replay = method in REPLAYABLE_METHODS if replayable is None else replayable
         response = yield from self._send(call, deadline, replay)
@@ -128,14 +141,16 @@ class ClientCore:
     def _send(self, call: HttpCall, deadline: Deadline, replayable: bool) -> Steps[httpx.Response]:
         """Send ``call`` until an answer that is not retried, or until the retry budget is spent."""
         config = self.config
-        budget = RetryBudget(config.backoff, config.random, config.clock, deadline, config.retry_for, replayable)
+        budget = RetryBudget(
+            config.backoff, config.random, config.clock, deadline, config.retry_for, replayable
+        )
         while True:
             outcome = yield from _attempt(call)
             delay = budget.delay_after(outcome)
             if delay is None:
                 break
             yield Sleep(delay)
-        if isinstance(outcome, httpx.TransportError):
+        if isinstance(outcome, httpx.RequestError):
             reason = str(outcome) or type(outcome).__name__
             raise TransportFailure(
                 f"{call.method} {call.url} failed: {reason} (gave up after {budget.attempts} attempts)",
@@ -179,7 +194,7 @@ class ClientCore:
             headers=(("Idempotency-Key", key),) if key else (),
             wait_seconds=float(return_timeout or 0),
             deadline=deadline,
-            replayable=key is not None or None,
+            replayable=True if key else None,  # None: the method decides
         )
         job = job_in_answer(response)
         if job is None:
@@ -203,8 +218,14 @@ class ClientCore:
         on_change: ChangeCallback | None = None,
     ) -> Steps[Job]:
         """Follow the job with long polls until it is terminal (see :meth:`Client.wait`)."""
-        follow = _Following(Deadline.after(self.clock, timeout), timeout, _poll_seconds(poll_timeout), on_change)
+        follow = self._following(timeout, poll_timeout, on_change)
         return (yield from self._wait(target, follow))
+
+    def _following(
+        self, timeout: float | None, poll_timeout: int, on_change: ChangeCallback | None
+    ) -> _Following:
+        deadline = Deadline.after(self.clock, timeout)
+        return _Following(deadline, timeout, _poll_seconds(poll_timeout), on_change)
 
     def _wait(self, target: JobTarget, follow: _Following) -> Steps[Job]:
         url = self.job_url(target)
@@ -225,18 +246,22 @@ class ClientCore:
         remaining = follow.deadline.remaining(self.clock)
         if remaining <= 0:
             raise WaitTimeout(job, follow.timeout or 0.0)
-        seconds = max(1, min(follow.poll_timeout, math.ceil(remaining)))
+        seconds = follow.poll_timeout if remaining >= follow.poll_timeout else max(1, math.ceil(remaining))
         params: Params = (("poll_timeout", str(seconds)),)
         if job.last_modified_text is not None:
             params += (("last_modified", job.last_modified_text),)
         started = self.clock()
-        response = yield from self._call("GET", url, params=params, deadline=follow.deadline, wait_seconds=seconds)
+        response = yield from self._call(
+            "GET", url, params=params, deadline=follow.deadline, wait_seconds=seconds
+        )
         latest = _read_job(response, "GET", url)
         changed = latest.differs_from(job)
         if changed and follow.on_change is not None:
             yield Notify(follow.on_change, latest)
-        hint = retry_after(response)
-        pause = pacer.pause_after(changed=changed, elapsed=self.clock() - started, poll_timeout=seconds, hint=hint)
+        elapsed = self.clock() - started
+        pause = pacer.pause_after(
+            changed=changed, elapsed=elapsed, poll_timeout=seconds, hint=retry_after(response)
+        )
         pause = min(pause, follow.deadline.remaining(self.clock))
         if pause > 0 and not latest.is_terminal:
             yield Sleep(pause)
@@ -255,7 +280,7 @@ class ClientCore:
         raise_on_failure: bool = True,
     ) -> Steps[Job]:
         """Submit, then wait for the terminal job (see :meth:`Client.run`)."""
-        follow = _Following(Deadline.after(self.clock, timeout), timeout, _poll_seconds(poll_timeout), on_change)
+        follow = self._following(timeout, poll_timeout, on_change)
         job = yield from self._submit(method, path, json, idempotency_key, None, follow.deadline)
         job = yield from self._wait(job, follow)
         if raise_on_failure and job.state is JobState.FAILURE:
@@ -282,8 +307,8 @@ class ClientCore:
         operation: str | None = None,
         max_records: int | None = None,
         order_by: str | None = None,
-    ) -> tuple[str, Params]:
-        """The URL and query of the first page of a job listing."""
+    ) -> PageRequest:
+        """Where the first page of a job listing is."""
         wanted = {
             "state": _states(state),
             "operation": operation,
@@ -291,15 +316,20 @@ class ClientCore:
             "order_by": order_by,
         }
         params = tuple((name, value) for name, value in wanted.items() if value)
-        return self.resolve(self.config.jobs_path), params
+        return PageRequest(self.resolve(self.config.jobs_path), params)
 
-    def page(self, url: str, params: Params = (), *, timeout: float | None = None) -> Steps[JobPage]:
-        """One page of a listing: its jobs and the next page's href (``None`` on the last page)."""
-        response = yield from self._call("GET", url, params=params, deadline=Deadline.after(self.clock, timeout))
+    def next_page(self, page: JobPage) -> PageRequest | None:
+        """Where the page after ``page`` is (its ``_links.next.href``), or ``None`` after the last."""
+        return PageRequest(self.resolve(page.next_href)) if page.next_href else None
+
+    def page(self, where: PageRequest, *, timeout: float | None = None) -> Steps[JobPage]:
+        """One page of a listing: its jobs and the next page's href."""
+        deadline = Deadline.after(self.clock, timeout)
+        response = yield from self._call("GET", where.url, params=where.params, deadline=deadline)
         body = _json(response)
         records = body.get("records") if isinstance(body, Mapping) else None
         if not isinstance(records, list):
-            raise ProtocolError(f"GET {url} answered {response.status_code} without a records list")
+            raise ProtocolError(f"GET {where.url} answered {response.status_code} without a records list")
         return JobPage(tuple(Job.from_wire(record) for record in records), _next_href(body))
 
 
@@ -311,10 +341,10 @@ class _Following:
     on_change: ChangeCallback | None
 
 
-def _attempt(call: HttpCall) -> Steps[httpx.Response | httpx.TransportError]:
+def _attempt(call: HttpCall) -> Steps[httpx.Response | httpx.RequestError]:
     try:
         response: httpx.Response = yield call
-    except httpx.TransportError as exc:
+    except httpx.RequestError as exc:
         return exc
     return response
 

@@ -5,8 +5,8 @@ effects instead of doing I/O: "send this HTTP request", "sleep this long", "tell
 this job". A driver runs such a generator to the end, performing each effect and sending the
 outcome back in. :func:`run_steps` performs them with an :class:`httpx.Client` and
 :func:`time.sleep`; :func:`run_steps_async` with an :class:`httpx.AsyncClient` and
-:func:`anyio.sleep`. Transport errors are thrown back into the generator, which decides whether
-to retry; nothing else is.
+:func:`anyio.sleep`. Request errors (:class:`httpx.RequestError`) are thrown back into the generator,
+which decides whether to retry; nothing else is.
 """
 
 from __future__ import annotations
@@ -27,14 +27,13 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class HttpCall:
     """Send one HTTP request; the outcome is the :class:`httpx.Response` (body read) or the
-    :class:`httpx.TransportError` thrown into the steps."""
+    :class:`httpx.RequestError` thrown into the steps."""
 
     method: str
     url: str
-    params: tuple[tuple[str, str], ...] = ()
+    timeout: httpx.Timeout
     headers: tuple[tuple[str, str], ...] = ()
     content: bytes | None = None
-    timeout: httpx.Timeout = httpx.Timeout(30.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +57,7 @@ class Notify:
 
 Effect: TypeAlias = HttpCall | Sleep | Notify
 Steps: TypeAlias = Generator[Effect, Any, T]
-Outcome: TypeAlias = tuple[object, httpx.TransportError | None]
+Outcome: TypeAlias = tuple[object, httpx.RequestError | None]
 
 
 def run_steps(steps: Steps[T], http: httpx.Client, sleep: Callable[[float], None]) -> T:
@@ -96,7 +95,7 @@ def _perform(effect: Effect, http: httpx.Client, sleep: Callable[[float], None])
     if isinstance(effect, HttpCall):
         try:
             return http.send(_build(http, effect)), None
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:
             return None, exc
     if isinstance(effect, Sleep):
         sleep(effect.seconds)
@@ -111,7 +110,7 @@ async def _perform_async(
     if isinstance(effect, HttpCall):
         try:
             return await http.send(_build(http, effect)), None
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:
             return None, exc
     if isinstance(effect, Sleep):
         await sleep(effect.seconds)
@@ -126,7 +125,6 @@ def _build(http: httpx.Client | httpx.AsyncClient, call: HttpCall) -> httpx.Requ
     return http.build_request(
         call.method,
         call.url,
-        params=list(call.params),
         headers=list(call.headers),
         content=call.content,
         timeout=call.timeout,

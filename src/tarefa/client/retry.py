@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -73,23 +74,28 @@ class PollPacer:
     """Decides how long to pause between long polls, so that a server that answers at once without
     a change (one that ignores ``poll_timeout``) is polled with backoff instead of in a busy loop.
 
-    An answer is *early* when it came back in less than half the poll time it was given. Early
-    answers without a change pause for the server's ``Retry-After`` if it sent one, else for a
-    growing backoff delay; a change resets the backoff.
+    An answer without a change is *early* when it came back in less than half the poll time it
+    was given: the server does not hold long polls. From then on, until an unchanged answer
+    comes late again, every answer is followed by a pause: the server's ``Retry-After`` if it
+    sent one, else a backoff delay that grows with each early answer in a row and starts over
+    after a change. A server that holds long polls is never paused for.
     """
 
     backoff: Backoff
     random: Callable[[], float]
-    quiet_early_answers: int = 0
+    holds_polls: bool = True
+    early_in_a_row: int = 0
 
     def pause_after(self, *, changed: bool, elapsed: float, poll_timeout: float, hint: float | None) -> float:
-        if changed or elapsed >= poll_timeout / 2:
-            self.quiet_early_answers = 0
+        if not changed:
+            self.holds_polls = elapsed >= poll_timeout / 2
+        if self.holds_polls:
+            self.early_in_a_row = 0
             return 0.0
-        self.quiet_early_answers += 1
+        self.early_in_a_row = 0 if changed else self.early_in_a_row + 1
         if hint is not None and hint > 0:
             return hint
-        return max(MIN_PAUSE, self.backoff.delay(self.quiet_early_answers - 1, self.random))
+        return max(MIN_PAUSE, self.backoff.delay(self.early_in_a_row, self.random))
 
 
 @dataclass(slots=True)
@@ -112,7 +118,7 @@ class RetryBudget:
     attempts: int = 0
     outage: Deadline | None = None
 
-    def delay_after(self, outcome: httpx.Response | httpx.TransportError) -> float | None:
+    def delay_after(self, outcome: httpx.Response | httpx.RequestError) -> float | None:
         """Seconds to wait before the next attempt, or ``None``: give up (or nothing to retry)."""
         self.attempts += 1
         if not self._retryable(outcome):
@@ -127,11 +133,23 @@ class RetryBudget:
             return None
         return min(remaining, self.backoff.delay(self.attempts - 1, self.random))
 
-    def _retryable(self, outcome: httpx.Response | httpx.TransportError) -> bool:
+    def _retryable(self, outcome: httpx.Response | httpx.RequestError) -> bool:
         if isinstance(outcome, httpx.Response):
             unsent = outcome.status_code in (429, 503)
             return outcome.status_code in RETRY_STATUSES and (self.replayable or unsent)
+        if not isinstance(outcome, httpx.TransportError) or _certificate_rejected(outcome):
+            return False  # a body that cannot be decoded, a certificate refused: same again next time
         return self.replayable or isinstance(outcome, NOT_SENT_ERRORS)
+
+
+def _certificate_rejected(error: BaseException) -> bool:
+    """A TLS certificate that failed verification will fail the same way next time."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)

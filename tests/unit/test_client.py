@@ -547,6 +547,22 @@ def test_wait_rides_out_an_outage(connect: Callable[..., Any], fake_time: FakeTi
     assert [j.message for j in seen] == [m for _, _, m, _ in REGISTER]
 
 
+def test_wait_outlasts_retry_for_until_its_own_timeout(connect: Callable[..., Any], fake_time: FakeTime) -> None:
+    server = Timeline(fake_time, REGISTER)
+    down_until = fake_time.now + 300  # a five-minute outage, far past retry_for
+
+    def outage(request: httpx.Request) -> httpx.Response:
+        if fake_time.now < down_until:
+            raise httpx.ConnectError("connection refused")
+        return server.handler(request)
+
+    done = connect(outage, retry_for=10.0).wait("j1")
+    assert done.state is JobState.SUCCESS and fake_time.now >= down_until
+    with pytest.raises(TransportFailure):  # a single call still gives up after retry_for
+        down_until = fake_time.now + 300
+        connect(outage, retry_for=10.0).get("j1")
+
+
 def test_wait_from_a_complete_job_starts_with_a_long_poll(connect: Callable[..., Any], fake_time: FakeTime) -> None:
     server = Timeline(fake_time, REGISTER)
     seen: list[Job] = []

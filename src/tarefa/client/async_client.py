@@ -87,9 +87,7 @@ class AsyncClient:
         on_change: ChangeCallback | None = None,
     ) -> Job:
         """Follow a job with long polls until it ends; see :meth:`tarefa.client.Client.wait`."""
-        return await self._drive(
-            self.core.wait(job, timeout=timeout, poll_timeout=poll_timeout, on_change=on_change)
-        )
+        return await self._drive(self.core.wait(job, timeout=timeout, poll_timeout=poll_timeout, on_change=on_change))
 
     async def run(
         self,

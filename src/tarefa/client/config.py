@@ -28,6 +28,8 @@ class ClientOptions(TypedDict, total=False):
     - ``headers``: extra headers sent with every request.
     - ``retry_for``: how long one request keeps being retried while the server is unreachable
       or answers 429/502/503/504 (seconds, default 60; ``None``: until the call's timeout).
+      The polls of ``wait``/``run`` ignore it: they follow the job through outages until the
+      caller's ``timeout`` (``None``: as long as it takes).
     - ``http_timeout``: read timeout of ordinary requests (default 30 s); a long poll always
       gets its poll time plus ``poll_margin`` (default 15 s).
     - ``backoff``: the :class:`~tarefa.client.Backoff` policy between retries and empty polls.

@@ -115,6 +115,7 @@ class ClientCore:
         headers: Params = (),
         wait_seconds: float = 0.0,
         replayable: bool | None = None,
+        patient: bool = False,
     ) -> Steps[httpx.Response]:
         """One call, retried as :class:`RetryBudget` allows; an error status raises :class:`ApiError`.
 
@@ -133,17 +134,20 @@ class ClientCore:
             content=None if json is None else orjson.dumps(json),
         )
         replay = method in REPLAYABLE_METHODS if replayable is None else replayable
-        response = yield from self._send(call, deadline, replay)
+        response = yield from self._send(call, deadline, replay, patient)
         if response.is_error:
             raise ApiError.from_response(response)
         return response
 
-    def _send(self, call: HttpCall, deadline: Deadline, replayable: bool) -> Steps[httpx.Response]:
-        """Send ``call`` until an answer that is not retried, or until the retry budget is spent."""
+    def _send(self, call: HttpCall, deadline: Deadline, replayable: bool, patient: bool) -> Steps[httpx.Response]:
+        """Send ``call`` until an answer that is not retried, or until the retry budget is spent.
+
+        A ``patient`` call (the polls of :meth:`wait`) rides out outages until the caller's
+        deadline; the others give up after ``retry_for`` seconds of outage.
+        """
         config = self.config
-        budget = RetryBudget(
-            config.backoff, config.random, config.clock, deadline, config.retry_for, replayable
-        )
+        retry_for = None if patient else config.retry_for
+        budget = RetryBudget(config.backoff, config.random, config.clock, deadline, retry_for, replayable)
         while True:
             outcome = yield from _attempt(call)
             delay = budget.delay_after(outcome)
@@ -205,8 +209,8 @@ class ClientCore:
         """The job as it is now (a standard poll)."""
         return (yield from self._get(self.job_url(target), Deadline.after(self.clock, timeout)))
 
-    def _get(self, url: str, deadline: Deadline) -> Steps[Job]:
-        response = yield from self._call("GET", url, deadline=deadline)
+    def _get(self, url: str, deadline: Deadline, *, patient: bool = False) -> Steps[Job]:
+        response = yield from self._call("GET", url, deadline=deadline, patient=patient)
         return _read_job(response, "GET", url)
 
     def wait(
@@ -221,9 +225,7 @@ class ClientCore:
         follow = self._following(timeout, poll_timeout, on_change)
         return (yield from self._wait(target, follow))
 
-    def _following(
-        self, timeout: float | None, poll_timeout: int, on_change: ChangeCallback | None
-    ) -> _Following:
+    def _following(self, timeout: float | None, poll_timeout: int, on_change: ChangeCallback | None) -> _Following:
         deadline = Deadline.after(self.clock, timeout)
         return _Following(deadline, timeout, _poll_seconds(poll_timeout), on_change)
 
@@ -232,7 +234,7 @@ class ClientCore:
         if isinstance(target, Job) and target.is_complete:
             job = target
         else:
-            job = yield from self._get(url, follow.deadline)
+            job = yield from self._get(url, follow.deadline, patient=True)
         if follow.on_change is not None:
             yield Notify(follow.on_change, job)
         pacer = PollPacer(self.config.backoff, self.config.random)
@@ -252,16 +254,14 @@ class ClientCore:
             params += (("last_modified", job.last_modified_text),)
         started = self.clock()
         response = yield from self._call(
-            "GET", url, params=params, deadline=follow.deadline, wait_seconds=seconds
+            "GET", url, params=params, deadline=follow.deadline, wait_seconds=seconds, patient=True
         )
         latest = _read_job(response, "GET", url)
         changed = latest.differs_from(job)
         if changed and follow.on_change is not None:
             yield Notify(follow.on_change, latest)
         elapsed = self.clock() - started
-        pause = pacer.pause_after(
-            changed=changed, elapsed=elapsed, poll_timeout=seconds, hint=retry_after(response)
-        )
+        pause = pacer.pause_after(changed=changed, elapsed=elapsed, poll_timeout=seconds, hint=retry_after(response))
         pause = min(pause, follow.deadline.remaining(self.clock))
         if pause > 0 and not latest.is_terminal:
             yield Sleep(pause)

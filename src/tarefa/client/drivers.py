@@ -72,9 +72,7 @@ def run_steps(steps: Steps[T], http: httpx.Client, sleep: Callable[[float], None
             outcome = _perform(effect, http, sleep)
 
 
-async def run_steps_async(
-    steps: Steps[T], http: httpx.AsyncClient, sleep: Callable[[float], Awaitable[None]]
-) -> T:
+async def run_steps_async(steps: Steps[T], http: httpx.AsyncClient, sleep: Callable[[float], Awaitable[None]]) -> T:
     """Run ``steps`` to the end with asynchronous I/O and return their result."""
     with closing(steps):
         outcome: Outcome = (None, None)
@@ -104,9 +102,7 @@ def _perform(effect: Effect, http: httpx.Client, sleep: Callable[[float], None])
     return None, None
 
 
-async def _perform_async(
-    effect: Effect, http: httpx.AsyncClient, sleep: Callable[[float], Awaitable[None]]
-) -> Outcome:
+async def _perform_async(effect: Effect, http: httpx.AsyncClient, sleep: Callable[[float], Awaitable[None]]) -> Outcome:
     if isinstance(effect, HttpCall):
         try:
             return await http.send(_build(http, effect)), None

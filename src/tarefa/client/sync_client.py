@@ -47,9 +47,7 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
     def close(self) -> None:
@@ -106,9 +104,7 @@ class Client:
         ``timeout`` (seconds, ``None``: no limit) raises :class:`~tarefa.client.WaitTimeout`
         with the last job seen. Connection losses and restarts of the server are retried.
         """
-        return self._drive(
-            self.core.wait(job, timeout=timeout, poll_timeout=poll_timeout, on_change=on_change)
-        )
+        return self._drive(self.core.wait(job, timeout=timeout, poll_timeout=poll_timeout, on_change=on_change))
 
     def run(
         self,

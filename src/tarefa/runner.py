@@ -208,12 +208,13 @@ class Runner:
         An outcome the store refuses for good (say, text PostgreSQL cannot hold) becomes an
         ``internal_error`` failure, so the job still ends now rather than at its lease's end.
         """
-        delay = 0.05
+        delay, retried = 0.05, False
         for _ in range(int(self.lease_seconds / 0.5) + 1):
             try:
                 finished = await self.store.finish_job(job.id, self.worker_id, outcome)
             except StoreUnavailable as exc:
                 log.warning("cannot store the end of job %s (retrying): %s", job.id, exc)
+                retried = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
@@ -225,7 +226,9 @@ class Runner:
                     JobState.FAILURE, error_code="internal_error", error_message=_UNSTORABLE.format(job.id)
                 )
                 continue
-            if finished is None:
+            if finished is None and retried:
+                log.info("job %s has already ended: an earlier attempt to store its outcome may have landed", job.id)
+            elif finished is None:
                 log.warning("job %s ended, but this worker no longer held it; its outcome is dropped", job.id)
             return
 

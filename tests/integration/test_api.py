@@ -526,3 +526,20 @@ async def test_an_outcome_the_store_refuses_ends_the_job_as_internal_error(api: 
     done = await api.terminal(job["id"])
     assert done["state"] == "failure" and done["error"]["code"] == "internal_error"
     assert "could not be stored" in done["error"]["message"]
+
+
+async def test_a_store_fault_during_return_timeout_still_answers_202_with_the_job(api: Api) -> None:
+    store = api.jobs.store
+
+    async def down(*args: Any, **kwargs: Any) -> None:
+        raise StoreUnavailable("connection lost")
+
+    original = store.get_job
+    store.get_job = down  # type: ignore[method-assign]
+    response = await api.start({"gate": "rt"}, return_timeout=5)
+    store.get_job = original  # type: ignore[method-assign]
+    assert response.status_code == 202
+    job_id = response.json()["job"]["id"]
+    assert response.headers["location"].endswith(job_id)
+    api.gates.open("rt")
+    assert (await api.terminal(job_id))["state"] == "success"

@@ -14,18 +14,21 @@ In an application::
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Header, Query, Request
 from starlette.responses import Response
 
 from ..model import Job
-from ..store import Idempotency, IdempotencyMismatch, ResourceBusy
+from ..store import Idempotency, IdempotencyMismatch, ResourceBusy, StoreError
 from .errors import ApiError
 from .wire import ErrorBody, JobEnvelope, job_headers, job_to_wire, json_response
 
 if TYPE_CHECKING:
     from ..engine import Tarefa
+
+log = logging.getLogger("tarefa.http")
 
 
 class JobStarter:
@@ -73,12 +76,22 @@ class JobStarter:
             raise _mismatch(exc) from None
         job, status = created.job, created.answer_status
         if created.created and self.return_timeout > 0:
-            job = await self.engine.wait_until_terminal(job, self.return_timeout)
-            if job.is_terminal:
-                status = 200
-                if idempotency is not None:
-                    await self.engine.store.set_answer_status(job.id, 200)
+            job, status = await self._wait_for_end(job)
         return accepted_response(self.engine, job, status)
+
+    async def _wait_for_end(self, job: Job) -> tuple[Job, int]:
+        """``return_timeout``: 200 with the ended job, or 202. The job exists by now, so a store
+        fault while waiting still answers 202 with it: the client must learn its id."""
+        try:
+            ended = await self.engine.wait_until_terminal(job, self.return_timeout)
+            if not ended.is_terminal:
+                return ended, 202
+            if self.idempotency is not None:
+                await self.engine.store.set_answer_status(ended.id, 200)
+            return ended, 200
+        except StoreError as exc:
+            log.warning("job %s accepted; the store failed while waiting for its end: %s", job.id, exc)
+            return job, 202
 
 
 def accepted_response(engine: Tarefa, job: Job, status: int) -> Response:

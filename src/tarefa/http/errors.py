@@ -122,7 +122,10 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
 
 async def _on_store_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("request %s %s: store unavailable: %s", request.method, request.url.path, exc)
-    message = "the job store is unavailable right now; nothing was changed, retry shortly"
+    message = (
+        "the job store is unavailable right now; the request may not have been applied: "
+        "repeat it shortly (with the same Idempotency-Key, for an asynchronous call)"
+    )
     return error_response(request, ApiError(503, "store_unavailable", message, headers={"Retry-After": "1"}))
 
 

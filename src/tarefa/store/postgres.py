@@ -21,7 +21,8 @@ and, when it is lost, reconnects with a growing delay starting at ``reconnect_de
 it re-reads every job changed (and every job deleted) since ``catch_up_margin`` seconds before it
 last knew itself connected, and hands those to the listeners, so no change is missed. The margin
 covers transactions in flight and clock differences between machines: timestamps and leases use
-each process's clock, which should be kept in sync (NTP).
+each process's clock, which should be kept in sync (NTP). The payloads and the ``LISTEN``
+connection live in :mod:`tarefa.store.postgres_listen`.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from .. import model
-from ..model import Job, JobError, JobState, format_timestamp, parse_timestamp, utcnow
+from ..model import Job, JobError, JobState, utcnow
 from . import InvalidStoreURL
 from . import postgres_sql as q
 from .base import (
@@ -63,22 +64,19 @@ from .base import (
     StoreUnavailable,
     apply_outcome,
 )
+from .postgres_listen import TIME_FIELDS, ChangeFeed, Connection, encode_changes
 
 if TYPE_CHECKING:
     from .base import Store
 
 logger = logging.getLogger("tarefa.store.postgres")
 
-#: Largest notification payload sent, in bytes (PostgreSQL refuses 8000 and more).
-NOTIFY_LIMIT = 7000
 #: Jobs deleted per transaction by :meth:`PostgresStore.purge_jobs`.
 PURGE_BATCH = 1000
 #: How long the ids of deleted jobs are kept for listeners catching up after a reconnection.
 DELETED_IDS_RETENTION = timedelta(days=1)
-MAX_RECONNECT_DELAY = 5.0
 _CREATE_ATTEMPTS = 5
 
-_Connection = psycopg.AsyncConnection[Any]
 _Number = TypeVar("_Number", int, float)
 
 
@@ -103,10 +101,14 @@ class PostgresStore:
         self._conninfo = _conninfo(url, connection_options)
         self._origin = secrets.token_hex(8)
         self._listeners: list[ChangeListener] = []
-        self._pool: AsyncConnectionPool[_Connection] | None = None
+        self._pool: AsyncConnectionPool[Connection] | None = None
         self._opening = asyncio.Lock()
-        self._feed = _ChangeFeed(
-            self,
+        self._feed = ChangeFeed(
+            self._conninfo,
+            self._origin,
+            read=self._read_changes,
+            changes_since=self._changes_since,
+            emit=self._emit,
             reconnect_delay=_positive("reconnect_delay", reconnect_delay, float),
             heartbeat=_positive("heartbeat", heartbeat, float),
             margin=timedelta(seconds=_positive("catch_up_margin", catch_up_margin, float)),
@@ -120,7 +122,7 @@ class PostgresStore:
             if self._pool is not None:
                 return
             await self.upgrade()
-            pool: AsyncConnectionPool[_Connection] = AsyncConnectionPool(
+            pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
                 self._conninfo,
                 min_size=self.pool_size,
                 max_size=self.pool_size,
@@ -378,7 +380,7 @@ class PostgresStore:
                 tx = _Transaction(cursor)
                 yield tx
                 if tx.changes:
-                    payloads = _encode_changes(self._origin, tx.changes)
+                    payloads = encode_changes(self._origin, tx.changes)
                     await cursor.execute(q.NOTIFY, {"channel": q.CHANNEL, "payloads": payloads})
         self._emit(tx.changes)
 
@@ -446,111 +448,6 @@ class _Transaction:
         return jobs
 
 
-class _ChangeFeed:
-    """The ``LISTEN`` connection of one store: hears other processes' changes, reconnects by itself."""
-
-    def __init__(self, store: PostgresStore, *, reconnect_delay: float, heartbeat: float, margin: timedelta) -> None:
-        self.listening = asyncio.Event()
-        self.reconnects = 0
-        self._store = store
-        self._reconnect_delay = reconnect_delay
-        self._heartbeat = heartbeat
-        self._margin = margin
-        self._conn: _Connection | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._connected_at = utcnow()  # the last instant we know the connection was listening
-
-    @property
-    def backend_pid(self) -> int | None:
-        conn = self._conn
-        return conn.info.backend_pid if conn is not None and not conn.closed else None
-
-    async def start(self) -> None:
-        self._conn = await self._connect()
-        self._connected_at = utcnow()
-        self.listening.set()
-        self._task = asyncio.create_task(self._run(), name="tarefa-postgres-listen")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await _close_quietly(self._conn)
-        self._conn = None
-        self.listening.clear()
-
-    async def _connect(self) -> _Connection:
-        conn = await psycopg.AsyncConnection.connect(self._store._conninfo, autocommit=True)
-        try:
-            await conn.execute(q.LISTEN)
-        except BaseException:
-            await conn.close()
-            raise
-        return conn
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._receive()
-            except Exception as exc:
-                logger.warning("lost the PostgreSQL LISTEN connection (%s); reconnecting", exc)
-            self.listening.clear()
-            await _close_quietly(self._conn)
-            self._conn = None
-            self._conn = await self._reconnect()
-
-    async def _receive(self) -> None:
-        """Hand notifications to the listeners until the connection fails; heartbeat when idle."""
-        conn = self._conn
-        assert conn is not None
-        while True:
-            async for notify in conn.notifies(timeout=self._heartbeat):
-                heard_at = utcnow()
-                await self._dispatch(notify.payload)
-                self._connected_at = heard_at
-            beat_at = utcnow()
-            await asyncio.wait_for(conn.execute(q.HEARTBEAT), self._heartbeat)
-            self._connected_at = beat_at
-
-    async def _dispatch(self, payload: str) -> None:
-        try:
-            origin, entries = _decode_changes(payload)
-        except (ValueError, KeyError, TypeError):
-            logger.warning("ignoring a malformed notification on %s: %.200s", q.CHANNEL, payload)
-            return
-        if origin == self._store._origin:  # our own change: the writer already told our listeners
-            return
-        to_read = [entry for entry in entries if isinstance(entry, str)]
-        read = {change.job_id: change for change in await self._store._read_changes(to_read)} if to_read else {}
-        self._store._emit([read[entry] if isinstance(entry, str) else entry for entry in entries])
-
-    async def _reconnect(self) -> _Connection:
-        """Connect again (with a growing delay), then emit what changed while we were away."""
-        delay = self._reconnect_delay
-        while True:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_RECONNECT_DELAY)
-            try:
-                conn = await self._connect()
-            except (psycopg.Error, OSError) as exc:
-                logger.warning("cannot reconnect the LISTEN connection yet: %s", exc)
-                continue
-            listening_since = utcnow()
-            try:
-                missed = await self._store._changes_since(self._connected_at - self._margin)
-            except StoreError as exc:
-                logger.warning("cannot catch up on missed job changes yet: %s", exc)
-                await _close_quietly(conn)
-                continue
-            self._connected_at = listening_since
-            self.reconnects += 1
-            self.listening.set()
-            self._store._emit(missed)
-            return conn
-
-
 # -- helpers ---------------------------------------------------------------------------------------
 
 
@@ -563,12 +460,6 @@ def _translated_errors() -> Iterator[None]:
         raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
     except psycopg.Error as exc:
         raise StoreError(f"PostgreSQL failed: {exc}") from exc
-
-
-async def _close_quietly(conn: _Connection | None) -> None:
-    if conn is not None:
-        with contextlib.suppress(Exception):
-            await conn.close()
 
 
 async def _schema_version(cursor: psycopg.AsyncCursor[DictRow]) -> int:
@@ -595,9 +486,7 @@ def _holds(job: Job, worker: str) -> bool:
     return job.state is JobState.RUNNING and job.lease_owner == worker
 
 
-# -- rows and notification payloads -----------------------------------------------------------------
-
-_TIME_FIELDS = ("create_time", "start_time", "end_time", "last_modified", "lease_expires")
+# -- rows ------------------------------------------------------------------------------------------
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -607,7 +496,7 @@ def _utc(value: datetime | None) -> datetime | None:
 def _row_to_job(row: DictRow) -> Job:
     error = None if row["error_code"] is None else JobError(row["error_code"], row["error_message"] or "")
     values = {field.name: row[field.name] for field in dataclasses.fields(Job) if field.name != "error"}
-    values.update({name: _utc(values[name]) for name in _TIME_FIELDS})
+    values.update({name: _utc(values[name]) for name in TIME_FIELDS})
     return Job(**{**values, "state": JobState(row["state"]), "error": error})
 
 
@@ -628,65 +517,6 @@ def _job_params(job: Job) -> dict[str, Any]:
     params["error_code"] = job.error.code if job.error else None
     params["error_message"] = job.error.message if job.error else None
     return params
-
-
-def _job_to_wire(job: Job) -> dict[str, Any]:
-    wire = {field.name: getattr(job, field.name) for field in dataclasses.fields(Job)}
-    wire.update({name: wire[name] and format_timestamp(wire[name]) for name in _TIME_FIELDS})
-    wire["error"] = [job.error.code, job.error.message] if job.error else None
-    return wire
-
-
-def _job_from_wire(wire: dict[str, Any]) -> Job:
-    values = dict(wire)
-    values.update({name: values[name] and parse_timestamp(values[name]) for name in _TIME_FIELDS})
-    values["state"] = JobState(values["state"])
-    values["error"] = JobError(*values["error"]) if values["error"] else None
-    return Job(**values)
-
-
-def _encode_changes(origin: str, changes: Sequence[JobChange]) -> list[str]:
-    """Pack the changes into notification payloads under :data:`NOTIFY_LIMIT` bytes each.
-
-    Entries: ``["j", job]`` a changed job, ``["r", id]`` a changed job too large to send (the
-    listener reads it), ``["d", id]`` a deleted job.
-    """
-    head, tail = b'{"o":"%s","c":[' % origin.encode(), b"]}"
-    payloads: list[str] = []
-    batch: list[bytes] = []
-    size = len(head) + len(tail)
-    for entry in map(_encode_entry, changes):
-        if batch and size + len(entry) + 1 > NOTIFY_LIMIT:
-            payloads.append((head + b",".join(batch) + tail).decode())
-            batch, size = [], len(head) + len(tail)
-        batch.append(entry)
-        size += len(entry) + 1
-    if batch:
-        payloads.append((head + b",".join(batch) + tail).decode())
-    return payloads
-
-
-def _encode_entry(change: JobChange) -> bytes:
-    if change.job is None:
-        return orjson.dumps(["d", change.job_id])
-    entry = orjson.dumps(["j", _job_to_wire(change.job)])
-    return entry if len(entry) <= NOTIFY_LIMIT - 100 else orjson.dumps(["r", change.job_id])
-
-
-def _decode_changes(payload: str) -> tuple[str, list[JobChange | str]]:
-    """The origin and the entries of a payload; an id (str) stands for a job to read."""
-    data = orjson.loads(payload)
-    return str(data["o"]), [_decoded_entry(kind, value) for kind, value in data["c"]]
-
-
-def _decoded_entry(kind: str, value: Any) -> JobChange | str:
-    if kind == "d":
-        return JobChange(value, None)
-    if kind == "j":
-        with contextlib.suppress(KeyError, TypeError, ValueError):
-            return JobChange(value["id"], _job_from_wire(value))
-        return str(value["id"])  # sent by another version of tarefa: read the job instead
-    return str(value)
 
 
 # -- options -----------------------------------------------------------------------------------------

@@ -1,0 +1,235 @@
+"""Change announcements of the PostgreSQL store: the notification payloads and the ``LISTEN`` connection.
+
+Every changing transaction of :class:`~tarefa.store.postgres.PostgresStore` sends the payloads of
+:func:`encode_changes` with ``pg_notify``; each store's :class:`ChangeFeed` hears them on its own
+``LISTEN`` connection, skips its own echoes, and hands the other processes' changes to the store's
+listeners. When that connection is lost, the feed reconnects by itself and replays what it may have
+missed (see the module doc of :mod:`tarefa.store.postgres`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+import psycopg
+
+from ..model import Job, JobError, JobState, format_timestamp, parse_timestamp, utcnow
+from . import postgres_sql as q
+from .base import JobChange, StoreError
+
+logger = logging.getLogger("tarefa.store.postgres")
+
+#: Largest notification payload sent, in bytes (PostgreSQL refuses 8000 and more).
+NOTIFY_LIMIT = 7000
+#: Longest wait between two attempts to reconnect the ``LISTEN`` connection, in seconds.
+MAX_RECONNECT_DELAY = 5.0
+#: The Job fields that hold instants (timestamptz columns, RFC 3339 strings in payloads).
+TIME_FIELDS = ("create_time", "start_time", "end_time", "last_modified", "lease_expires")
+
+Connection = psycopg.AsyncConnection[Any]
+ReadChanges = Callable[[Sequence[str]], Awaitable[list[JobChange]]]
+ChangesSince = Callable[[datetime], Awaitable[list[JobChange]]]
+Emit = Callable[[Sequence[JobChange]], None]
+
+
+class ChangeFeed:
+    """The ``LISTEN`` connection of one store: hears other processes' changes, reconnects by itself.
+
+    ``origin`` is the store's own mark in payloads (its echoes are skipped); ``read`` reads jobs too
+    large for a notification, ``changes_since`` what changed since an instant (the catch-up after a
+    reconnection), and ``emit`` hands changes to the store's listeners.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        origin: str,
+        *,
+        read: ReadChanges,
+        changes_since: ChangesSince,
+        emit: Emit,
+        reconnect_delay: float,
+        heartbeat: float,
+        margin: timedelta,
+    ) -> None:
+        self.listening = asyncio.Event()
+        self.reconnects = 0
+        self._conninfo = conninfo
+        self._origin = origin
+        self._read = read
+        self._changes_since = changes_since
+        self._emit = emit
+        self._reconnect_delay = reconnect_delay
+        self._heartbeat = heartbeat
+        self._margin = margin
+        self._conn: Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._connected_at = utcnow()  # the last instant we know the connection was listening
+
+    @property
+    def backend_pid(self) -> int | None:
+        conn = self._conn
+        return conn.info.backend_pid if conn is not None and not conn.closed else None
+
+    async def start(self) -> None:
+        """Connect and ``LISTEN`` (psycopg errors propagate), then listen in a background task."""
+        self._conn = await self._connect()
+        self._connected_at = utcnow()
+        self.listening.set()
+        self._task = asyncio.create_task(self._run(), name="tarefa-postgres-listen")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await close_quietly(self._conn)
+        self._conn = None
+        self.listening.clear()
+
+    async def _connect(self) -> Connection:
+        conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        try:
+            await conn.execute(q.LISTEN)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._receive()
+            except Exception as exc:
+                logger.warning("lost the PostgreSQL LISTEN connection (%s); reconnecting", exc)
+            self.listening.clear()
+            await close_quietly(self._conn)
+            self._conn = None
+            self._conn = await self._reconnect()
+
+    async def _receive(self) -> None:
+        """Hand notifications to the listeners until the connection fails; heartbeat when idle."""
+        conn = self._conn
+        assert conn is not None
+        while True:
+            async for notify in conn.notifies(timeout=self._heartbeat):
+                heard_at = utcnow()
+                await self._dispatch(notify.payload)
+                self._connected_at = heard_at
+            beat_at = utcnow()
+            await asyncio.wait_for(conn.execute(q.HEARTBEAT), self._heartbeat)
+            self._connected_at = beat_at
+
+    async def _dispatch(self, payload: str) -> None:
+        try:
+            origin, entries = decode_changes(payload)
+        except (ValueError, KeyError, TypeError):
+            logger.warning("ignoring a malformed notification on %s: %.200s", q.CHANNEL, payload)
+            return
+        if origin == self._origin:  # our own change: the writer already told our listeners
+            return
+        to_read = [entry for entry in entries if isinstance(entry, str)]
+        read = {change.job_id: change for change in await self._read(to_read)} if to_read else {}
+        self._emit([read[entry] if isinstance(entry, str) else entry for entry in entries])
+
+    async def _reconnect(self) -> Connection:
+        """Connect again (with a growing delay), then emit what changed while we were away."""
+        delay = self._reconnect_delay
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_RECONNECT_DELAY)
+            try:
+                conn = await self._connect()
+            except (psycopg.Error, OSError) as exc:
+                logger.warning("cannot reconnect the LISTEN connection yet: %s", exc)
+                continue
+            listening_since = utcnow()
+            try:
+                missed = await self._changes_since(self._connected_at - self._margin)
+            except StoreError as exc:
+                logger.warning("cannot catch up on missed job changes yet: %s", exc)
+                await close_quietly(conn)
+                continue
+            self._connected_at = listening_since
+            self.reconnects += 1
+            self.listening.set()
+            logger.info("the LISTEN connection is back; replaying %d job change(s) it may have missed", len(missed))
+            self._emit(missed)
+            return conn
+
+
+async def close_quietly(conn: Connection | None) -> None:
+    """Close a connection that may be broken already, ignoring any error."""
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            await conn.close()
+
+
+# -- notification payloads ----------------------------------------------------------------------------
+
+
+def encode_changes(origin: str, changes: Sequence[JobChange]) -> list[str]:
+    """Pack the changes into notification payloads under :data:`NOTIFY_LIMIT` bytes each.
+
+    Entries: ``["j", job]`` a changed job, ``["r", id]`` a changed job too large to send (the
+    listener reads it), ``["d", id]`` a deleted job.
+    """
+    head, tail = b'{"o":"%s","c":[' % origin.encode(), b"]}"
+    payloads: list[str] = []
+    batch: list[bytes] = []
+    size = len(head) + len(tail)
+    for entry in map(_encode_entry, changes):
+        if batch and size + len(entry) + 1 > NOTIFY_LIMIT:
+            payloads.append((head + b",".join(batch) + tail).decode())
+            batch, size = [], len(head) + len(tail)
+        batch.append(entry)
+        size += len(entry) + 1
+    if batch:
+        payloads.append((head + b",".join(batch) + tail).decode())
+    return payloads
+
+
+def decode_changes(payload: str) -> tuple[str, list[JobChange | str]]:
+    """The origin and the entries of a payload; an id (str) stands for a job to read."""
+    data = orjson.loads(payload)
+    return str(data["o"]), [_decoded_entry(kind, value) for kind, value in data["c"]]
+
+
+def _encode_entry(change: JobChange) -> bytes:
+    if change.job is None:
+        return orjson.dumps(["d", change.job_id])
+    entry = orjson.dumps(["j", _job_to_wire(change.job)])
+    return entry if len(entry) <= NOTIFY_LIMIT - 100 else orjson.dumps(["r", change.job_id])
+
+
+def _decoded_entry(kind: str, value: Any) -> JobChange | str:
+    if kind == "d":
+        return JobChange(value, None)
+    if kind == "j":
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            return JobChange(value["id"], _job_from_wire(value))
+        return str(value["id"])  # sent by another version of tarefa: read the job instead
+    return str(value)
+
+
+def _job_to_wire(job: Job) -> dict[str, Any]:
+    wire = {field.name: getattr(job, field.name) for field in dataclasses.fields(Job)}
+    wire.update({name: wire[name] and format_timestamp(wire[name]) for name in TIME_FIELDS})
+    wire["error"] = [job.error.code, job.error.message] if job.error else None
+    return wire
+
+
+def _job_from_wire(wire: dict[str, Any]) -> Job:
+    values = dict(wire)
+    values.update({name: values[name] and parse_timestamp(values[name]) for name in TIME_FIELDS})
+    values["state"] = JobState(values["state"])
+    values["error"] = JobError(*values["error"]) if values["error"] else None
+    return Job(**values)

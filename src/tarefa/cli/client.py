@@ -31,9 +31,7 @@ class Output(StrEnum):
     JSON = "json"
 
 
-UrlOption = Annotated[
-    str, typer.Option("--url", envvar="TAREFA_URL", help="Base URL of the API", show_envvar=True)
-]
+UrlOption = Annotated[str, typer.Option("--url", envvar="TAREFA_URL", help="Base URL of the API", show_envvar=True)]
 UserOption = Annotated[
     Optional[str],  # noqa: UP045 - typer reads the annotation at run time
     typer.Option("--user", envvar="TAREFA_USER", help="User for HTTP Basic authentication"),

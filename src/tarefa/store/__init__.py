@@ -32,6 +32,7 @@ __all__ = [
     "Created",
     "Idempotency",
     "IdempotencyMismatch",
+    "InvalidStoreURL",
     "JobAlreadyTerminal",
     "JobChange",
     "JobNotTerminal",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Iterator
@@ -120,14 +121,25 @@ class Operation:
         """Rebuild the operation's input from the job's stored JSON."""
         if self.input_type is None:
             return data
-        return TypeAdapter(self.input_type).validate_python(data)
+        return _adapter(self.input_type).validate_python(data)
+
+
+@functools.lru_cache(maxsize=256)
+def _adapter(annotation: Any) -> TypeAdapter[Any]:
+    """Building a TypeAdapter compiles a schema: do it once per type, not once per job."""
+    return TypeAdapter(annotation)
+
+
+_ANY: TypeAdapter[Any] = TypeAdapter(Any)
 
 
 def dump_input(value: Any) -> Any:
     """An operation's input as JSON-compatible data, to store with the job."""
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
-    return TypeAdapter(Any).dump_python(value, mode="json")
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return _ANY.dump_python(value, mode="json")
 
 
 def _input_signature(function: Callable[..., Any]) -> tuple[bool, Any]:

@@ -7,9 +7,11 @@ previous one, even when the clock has not moved (see :func:`next_timestamp`).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import os
 import re
-import secrets
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -133,9 +135,34 @@ def parse_timestamp(text: str) -> datetime:
 # -- creation and transitions -------------------------------------------------------------------
 
 
+class _RandomPool:
+    """Bytes from ``os.urandom``, drawn 4 KiB at a time: one system call per 256 job ids instead
+    of one per id (a call costs ~100 µs on some virtual machines). Emptied in a forked child, so
+    that two processes never hand out the same bytes."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._pool = b""
+        self._lock = threading.Lock()
+        os.register_at_fork(after_in_child=self.clear)
+
+    def take(self, count: int) -> bytes:
+        with self._lock:
+            if len(self._pool) < count:
+                self._pool = os.urandom(max(self._size, count))
+            taken, self._pool = self._pool[:count], self._pool[count:]
+        return taken
+
+    def clear(self) -> None:
+        self._pool = b""
+
+
+_RANDOM = _RandomPool()
+
+
 def new_job_id() -> str:
-    """128 random bits, URL-safe base64 without padding (22 characters)."""
-    return secrets.token_urlsafe(16)
+    """128 random bits from the OS's CSPRNG, URL-safe base64 without padding (22 characters)."""
+    return base64.urlsafe_b64encode(_RANDOM.take(16)).rstrip(b"=").decode()
 
 
 def new_job(

@@ -154,3 +154,19 @@ def test_parse_timestamp_refuses_garbage(text: str) -> None:
 
 def test_round_trip_of_microseconds() -> None:
     assert model.from_microseconds(model.to_microseconds(T0)) == T0
+
+
+def test_a_forked_child_never_repeats_the_parents_ids() -> None:
+    import os
+
+    model.new_job_id()  # the pool now holds bytes the child would inherit
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.write(write, model.new_job_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child_id = os.read(read, 64).decode()
+    os.close(read)
+    assert len(child_id) == 22 and child_id != model.new_job_id()

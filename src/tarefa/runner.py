@@ -266,6 +266,6 @@ class Runner:
         kept = await self.store.renew_leases(self.worker_id, held, self.lease_seconds)
         for job_id in set(held) - kept:
             entry = self._running.get(job_id)
-            if entry is not None:
+            if entry is not None and not entry[0].done():  # a job that just finished is no loss
                 log.warning("lost the lease of job %s; stopping it here", job_id)
                 entry[0].cancel()

@@ -241,3 +241,162 @@ async def test_a_store_survives_losing_every_connection(
         await _wait(lambda: cut.reconnects == 1 and cut.listening.is_set(), "the reconnection")
         theirs = (await other.create_job(make_job())).job
         await heard.wait_for(lambda: heard.of(theirs.id)[-1:] == [theirs], what="a change after reconnecting")
+
+
+# -- group commit -----------------------------------------------------------------------------------------
+
+
+async def test_concurrent_writes_share_one_commit_and_one_announcement(postgres_url: str, listen: Listen) -> None:
+    async with opened(postgres_url) as writer, opened(postgres_url) as reader:
+        own, theirs = listen(writer), listen(reader)
+        jobs = [make_job() for _ in range(11)]  # small enough for one notification payload
+        jobs.append(make_job(input={"text": "it's a \\ \"quoted\" é ✓ \n line; NOTIFY x, 'y'"}))
+        results = await asyncio.gather(*(writer.create_job(job) for job in jobs))
+        assert [result.job for result in results] == jobs
+        assert len(own.batches) == 1 and [change.job for change in own.batches[0]] == jobs  # before they returned
+        await theirs.wait_for(lambda: len(theirs.changes) == len(jobs), what="the batch")
+        assert len(theirs.batches) == 1 and [change.job for change in theirs.batches[0]] == jobs  # one NOTIFY
+
+
+async def test_a_failing_call_neither_fails_nor_undoes_the_others_of_its_batch(
+    postgres_url: str, listen: Listen
+) -> None:
+    async with opened(postgres_url) as store:
+        heard = listen(store)
+        first = (await store.create_job(make_job(), resource_key="cluster:1")).job
+        running = (await store.claim_jobs("w1", operations=["thing.make"], limit=1, lease_seconds=LEASE))[0]
+        good = [make_job() for _ in range(6)]
+        calls = [
+            store.create_job(good[0]),
+            store.create_job(make_job(input={"text": "nul \x00 byte"})),  # the driver refuses it
+            store.create_job(good[1]),
+            store.create_job(make_job(), resource_key="cluster:1"),  # busy
+            store.report_progress(running.id, "w1", message="out of range", progress=101),  # ValueError
+            store.create_job(good[2]),
+            store.report_progress(running.id, "w1", message="fine", progress=50),
+            *(store.create_job(job) for job in good[3:]),
+        ]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(results[1], StoreError) and not isinstance(results[1], StoreUnavailable)
+        assert isinstance(results[3], ResourceBusy) and results[3].job_id == first.id
+        assert isinstance(results[4], ValueError)
+        reported = results[6]
+        assert isinstance(reported, Job) and (reported.message, reported.progress) == ("fine", 50)
+        created = [result.job for result in results if isinstance(result, Created)]
+        assert created == good
+        assert {job.id for job in await store.list_jobs(JobQuery(limit=100))} == {first.id, *(job.id for job in good)}
+        assert await store.get_job(running.id) == reported
+        assert [change.job for batch in heard.batches[-1:] for change in batch] == [*good[:3], reported, *good[3:]]
+
+
+async def test_a_call_waiting_for_a_lock_does_not_hold_up_its_batch(postgres_url: str, postgres_admin: Admin) -> None:
+    async with opened(postgres_url) as store:
+        locked = (await store.create_job(make_job())).job
+        with postgres_admin(postgres_url) as other:
+            other.execute("BEGIN")
+            other.execute("SELECT id FROM tarefa_jobs WHERE id = %s FOR UPDATE", (locked.id,))  # held for now
+            cancel = asyncio.ensure_future(store.cancel_job(locked.id))
+            others = [make_job() for _ in range(5)]
+            with anyio.fail_after(5):
+                created = await asyncio.gather(*(store.create_job(job) for job in others))
+            assert [result.job for result in created] == others
+            await anyio.sleep(0.5)
+            assert not cancel.done()  # alone, it waits for the lock as long as needed
+            other.execute("COMMIT")
+        with anyio.fail_after(5):
+            cancelled = await cancel
+        assert cancelled is not None and cancelled.state is JobState.FAILURE
+
+
+async def test_a_lone_call_waiting_for_a_lock_does_not_hold_up_the_writes_after_it(
+    postgres_url: str, postgres_admin: Admin
+) -> None:
+    async with opened(postgres_url) as store:
+        locked = (await store.create_job(make_job())).job
+        with postgres_admin(postgres_url) as other:
+            other.execute("BEGIN")
+            other.execute("SELECT id FROM tarefa_jobs WHERE id = %s FOR UPDATE", (locked.id,))
+            cancel = asyncio.ensure_future(store.cancel_job(locked.id))
+            await anyio.sleep(0.05)  # the writer has taken it, alone
+            with anyio.fail_after(5):
+                assert (await store.create_job(make_job())).created
+            assert not cancel.done()
+            other.execute("COMMIT")
+        with anyio.fail_after(5):
+            cancelled = await cancel
+        assert cancelled is not None and cancelled.state is JobState.FAILURE
+
+
+async def test_closing_answers_a_write_still_waiting_for_a_lock(postgres_url: str, postgres_admin: Admin) -> None:
+    store = PostgresStore(postgres_url, pool_size=2, pool_timeout=1)
+    await store.open()
+    try:
+        locked = (await store.create_job(make_job())).job
+        with postgres_admin(postgres_url) as other:
+            other.execute("BEGIN")
+            other.execute("SELECT id FROM tarefa_jobs WHERE id = %s FOR UPDATE", (locked.id,))
+            cancel = asyncio.ensure_future(store.cancel_job(locked.id))
+            await anyio.sleep(0.5)
+            with anyio.fail_after(5):
+                await store.close()
+            with pytest.raises(StoreError, match="closed"):
+                await cancel
+            other.execute("ROLLBACK")
+    finally:
+        await store.close()
+
+
+async def test_writes_from_two_stores_locking_rows_in_opposite_orders_all_end(postgres_url: str) -> None:
+    async with opened(postgres_url) as one, opened(postgres_url) as two:
+        jobs = [(await one.create_job(make_job())).job for _ in range(20)]
+        running = await one.claim_jobs("w1", operations=["thing.make"], limit=20, lease_seconds=LEASE)
+        assert len(running) == 20
+
+        async def report(store: PostgresStore, order: list[Job], text: str) -> list[Job | None]:
+            return await asyncio.gather(
+                *(store.report_progress(job.id, "w1", message=text, progress=None) for job in order)
+            )
+
+        with anyio.fail_after(30):
+            forward, backward = await asyncio.gather(report(one, jobs, "one"), report(two, jobs[::-1], "two"))
+        reports = [*forward, *backward]
+        assert all(isinstance(job, Job) for job in reports)
+        for job in jobs:
+            latest = max((r for r in reports if r is not None and r.id == job.id), key=lambda r: r.last_modified)
+            assert await one.get_job(job.id) == latest
+
+
+async def test_a_write_after_close_is_refused_and_a_closed_store_can_reopen(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url, pool_size=2)
+    await store.open()
+    job = (await store.create_job(make_job())).job
+    await store.close()
+    with pytest.raises(StoreError, match="not open"):
+        await store.create_job(make_job())
+    await store.open()
+    try:
+        assert await store.get_job(job.id) == job
+        assert (await store.create_job(make_job())).created
+    finally:
+        await store.close()
+
+
+async def test_reads_and_writes_go_on_at_once_after_every_connection_was_lost(
+    postgres_url: str, postgres_admin: Admin
+) -> None:
+    name = "tarefa-cut-reads-test"
+    async with opened(postgres_url, application_name=name, pool_size=4) as store:
+        job = (await store.create_job(make_job())).job
+        with postgres_admin(postgres_url) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s", (name,))
+        assert await store.get_job(job.id) == job  # the pool replaces its broken connections
+        assert await store.list_jobs(JobQuery()) == [job]
+        claimed = await store.claim_jobs("w1", operations=["thing.make"], limit=1, lease_seconds=LEASE)
+        assert [c.id for c in claimed] == [job.id]
+
+
+def test_the_writers_option_must_be_a_positive_number() -> None:
+    with pytest.raises(ValueError, match="writers"):
+        open_store("postgresql://postgres@127.0.0.1:5432/db?writers=0")
+    store = open_store("postgresql://postgres@127.0.0.1:5432/db?writers=2")
+    assert isinstance(store, PostgresStore)

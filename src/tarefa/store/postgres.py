@@ -5,6 +5,7 @@ Open it with ``open_store("postgresql://user@host:5432/db?pool_size=10")``. Quer
 - ``pool_size`` (default 10): connections kept by this process, plus one for ``LISTEN``;
 - ``pool_timeout`` (seconds, default 10): how long a call waits for a connection before it raises
   :class:`~tarefa.store.StoreUnavailable`;
+- ``writers`` (default 1): how many transactions of writes this process runs at once (see below);
 - ``reconnect_delay``, ``heartbeat``, ``catch_up_margin`` (seconds): see *Change announcements*;
 - anything else is a libpq connection parameter (``sslmode=require``, ``application_name=...``).
 
@@ -13,7 +14,12 @@ unique index over non-terminal jobs, so two processes can never both start work 
 Every change is applied with the pure transitions of :mod:`tarefa.model` on a row locked with
 ``FOR UPDATE``, so ``last_modified`` stays strictly increasing per job.
 
-*Change announcements.* Every changing transaction also calls ``pg_notify`` with the changed jobs
+*Group commit.* Writes share transactions: every write waiting when the writer becomes free goes
+into its next transaction, which commits (and announces) them all at once; each call still returns
+only after its own change is committed, and a failing call fails alone, undoing nothing of the
+others. Reads go straight to the pool, one statement each. See :mod:`tarefa.store.postgres_batch`.
+
+*Change announcements.* Every changing transaction also sends a ``NOTIFY`` with the changed jobs
 (or only their ids when a job is too large for a notification). After the commit, the writing store
 calls its own listeners directly; one ``LISTEN`` connection per store hears the other processes'
 changes (its own echoes are skipped). That connection sends a heartbeat every ``heartbeat`` seconds
@@ -32,7 +38,8 @@ import contextlib
 import dataclasses
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -61,10 +68,10 @@ from .base import (
     ResourceBusy,
     SchemaTooNew,
     StoreError,
-    StoreUnavailable,
     apply_outcome,
 )
-from .postgres_listen import TIME_FIELDS, ChangeFeed, Connection, encode_changes
+from .postgres_batch import Cursor, GroupCommit, replace_broken_connections, store_error
+from .postgres_listen import JOB_FIELDS, TIME_FIELDS, ChangeFeed, Connection, encode_changes
 
 if TYPE_CHECKING:
     from .base import Store
@@ -78,6 +85,7 @@ DELETED_IDS_RETENTION = timedelta(days=1)
 _CREATE_ATTEMPTS = 5
 
 _Number = TypeVar("_Number", int, float)
+_T = TypeVar("_T")
 
 
 class PostgresStore:
@@ -91,6 +99,7 @@ class PostgresStore:
         *,
         pool_size: int | str = 10,
         pool_timeout: float | str = 10.0,
+        writers: int | str = 1,
         reconnect_delay: float | str = 0.1,
         heartbeat: float | str = 10.0,
         catch_up_margin: float | str = 10.0,
@@ -103,6 +112,13 @@ class PostgresStore:
         self._listeners: list[ChangeListener] = []
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._opening = asyncio.Lock()
+        self._writer = GroupCommit(
+            self._open_pool,
+            lambda changes: encode_changes(self._origin, changes),
+            self._emit,
+            writers=_positive("writers", writers, int),
+            pool_timeout=self._pool_timeout,
+        )
         self._feed = ChangeFeed(
             self._conninfo,
             self._origin,
@@ -127,7 +143,7 @@ class PostgresStore:
                 min_size=self.pool_size,
                 max_size=self.pool_size,
                 open=False,
-                check=AsyncConnectionPool.check_connection,
+                kwargs={"autocommit": True},  # a read is one statement; writes send their own BEGIN
                 timeout=self._pool_timeout,
                 name="tarefa",
             )
@@ -139,12 +155,14 @@ class PostgresStore:
                 await pool.close()
                 raise
             self._pool = pool
+            self._writer.start()
 
     async def close(self) -> None:
         """Stop listening and close every connection. The store can be opened again."""
         async with self._opening:
             if self._pool is None:
                 return
+            await self._writer.stop()
             await self._feed.stop()
             pool, self._pool = self._pool, None
             await pool.close()
@@ -205,7 +223,8 @@ class PostgresStore:
             "request_hash": idempotency.request_hash if idempotency else None,
             "resource_key": resource_key,
         }
-        async with self._transaction() as tx:
+
+        async def insert(tx: _Transaction) -> Created:
             # Each statement sees the latest commits, so a conflict found by the insert is visible
             # to the lookups that follow; a conflicting job that ended meanwhile means try again.
             for _ in range(_CREATE_ATTEMPTS):
@@ -218,30 +237,28 @@ class PostgresStore:
                     holder = await tx.row(q.SELECT_RESOURCE_HOLDER, {"resource_key": resource_key})
                     if holder is not None:
                         raise ResourceBusy(resource_key, holder["id"])
-        raise StoreError(f"could not insert job {job.id}: a job with this id exists")
+            raise StoreError(f"could not insert job {job.id}: a job with this id exists")
+
+        return await self._write(insert)
 
     async def replay_idempotent(self, owner: str, idempotency: Idempotency) -> Created | None:
         """The job first created with this key by ``owner``; None if the key is new;
         :class:`~tarefa.store.IdempotencyMismatch` if it came with another request."""
-        async with self._transaction() as tx:
-            return await _replay(tx, owner, idempotency)
+        return await self._read(lambda tx: _replay(tx, owner, idempotency))
 
     async def set_answer_status(self, job_id: str, status: int) -> None:
         """Record the status code of the first answer, for idempotent replays."""
-        async with self._transaction() as tx:
-            await tx.execute(q.SET_ANSWER_STATUS, {"id": job_id, "status": status})
+        await self._write(lambda tx: tx.execute(q.SET_ANSWER_STATUS, {"id": job_id, "status": status}))
 
     async def get_job(self, job_id: str, owner: str | None = None) -> Job | None:
         """The job, or None if unknown or not owned by ``owner``."""
-        async with self._transaction() as tx:
-            jobs = await tx.jobs(q.SELECT_JOB, {"id": job_id, "owner": owner})
+        jobs = await self._read(lambda tx: tx.jobs(q.SELECT_JOB, {"id": job_id, "owner": owner}))
         return jobs[0] if jobs else None
 
     async def list_jobs(self, query: JobQuery) -> list[Job]:
         """A page of jobs in ``query``'s order, after ``query.after`` (keyset paging)."""
         statement, params = q.list_jobs(query)
-        async with self._transaction() as tx:
-            return await tx.jobs(statement, params)
+        return await self._read(lambda tx: tx.jobs(statement, params))
 
     async def claim_jobs(
         self, worker: str, *, operations: Collection[str], limit: int, lease_seconds: float
@@ -249,12 +266,14 @@ class PostgresStore:
         """Start up to ``limit`` queued jobs, oldest first; locked rows are skipped, never shared."""
         if not operations or limit <= 0:
             return []
-        async with self._transaction() as tx:
+
+        async def claim(tx: _Transaction) -> list[Job]:
             queued = await tx.jobs(q.CLAIM_JOBS, {"operations": list(operations), "limit": limit})
             now = utcnow()
             expires = now + timedelta(seconds=lease_seconds)
-            started = [model.start(job, now=now, worker=worker, lease_expires=expires) for job in queued]
-            return await tx.save(started)
+            return await tx.save([model.start(job, now=now, worker=worker, lease_expires=expires) for job in queued])
+
+        return await self._write(claim)
 
     async def report_progress(
         self, job_id: str, worker: str, *, message: str | None, progress: int | None
@@ -285,25 +304,30 @@ class PostgresStore:
             "worker": worker,
             "lease_expires": utcnow() + timedelta(seconds=lease_seconds),
         }
-        async with self._transaction() as tx:
-            rows = await tx.rows(q.RENEW_LEASES, params)
+        rows = await self._write(lambda tx: tx.rows(q.RENEW_LEASES, params))
         return {row["id"] for row in rows}
 
     async def release_jobs(self, worker: str, job_ids: Collection[str]) -> list[Job]:
         """Apply :func:`~tarefa.model.lose` to these jobs that ``worker`` still holds."""
         if not job_ids:
             return []
-        async with self._transaction() as tx:
+
+        async def release(tx: _Transaction) -> list[Job]:
             held = await tx.jobs(q.SELECT_HELD_JOBS, {"ids": list(job_ids), "worker": worker})
             now = utcnow()
             return await tx.save([model.lose(job, now=now) for job in held])
 
+        return await self._write(release)
+
     async def recover_jobs(self, *, expired_only: bool = True) -> list[Job]:
         """Apply :func:`~tarefa.model.lose` to running jobs whose lease expired (or to all)."""
-        async with self._transaction() as tx:
+
+        async def recover(tx: _Transaction) -> list[Job]:
             lost = await tx.jobs(q.SELECT_LOST_JOBS, {"now": utcnow() if expired_only else None})
             now = utcnow()
             return await tx.save([model.lose(job, now=now) for job in lost])
+
+        return await self._write(recover)
 
     async def cancel_job(self, job_id: str, owner: str | None = None) -> Job | None:
         """Cancel a queued job, or ask a running one to stop; :class:`JobAlreadyTerminal` if ended."""
@@ -317,7 +341,8 @@ class PostgresStore:
 
     async def delete_job(self, job_id: str, owner: str | None = None) -> bool:
         """Delete an ended job; False if unknown; :class:`JobNotTerminal` if it has not ended."""
-        async with self._transaction() as tx:
+
+        async def delete(tx: _Transaction) -> bool:
             jobs = await tx.jobs(q.SELECT_JOB_FOR_UPDATE, {"id": job_id, "owner": owner})
             if not jobs:
                 return False
@@ -325,21 +350,26 @@ class PostgresStore:
                 raise JobNotTerminal(jobs[0])
             await tx.execute(q.DELETE_JOB, {"id": job_id, "now": utcnow()})
             tx.changes.append(JobChange(job_id, None))
-        return True
+            return True
+
+        return await self._write(delete)
 
     async def purge_jobs(self, ended_before: datetime) -> int:
         """Delete the jobs that ended before ``ended_before``, in batches; returns how many."""
-        purged = 0
-        while True:
+
+        async def purge(tx: _Transaction) -> int:
             params = {"ended_before": ended_before, "batch": PURGE_BATCH, "now": utcnow()}
-            async with self._transaction() as tx:
-                rows = await tx.rows(q.PURGE_JOBS, params)
-                tx.changes.extend(JobChange(row["id"], None) for row in rows)
-            purged += len(rows)
-            if len(rows) < PURGE_BATCH:
+            rows = await tx.rows(q.PURGE_JOBS, params)
+            tx.changes.extend(JobChange(row["id"], None) for row in rows)
+            return len(rows)
+
+        purged = 0
+        while (count := await self._write(purge)) > 0:
+            purged += count
+            if count < PURGE_BATCH:
                 break
-        async with self._transaction() as tx:
-            await tx.execute(q.FORGET_DELETED_JOBS, {"before": utcnow() - DELETED_IDS_RETENTION})
+        before = utcnow() - DELETED_IDS_RETENTION
+        await self._write(lambda tx: tx.execute(q.FORGET_DELETED_JOBS, {"before": before}))
         return purged
 
     # -- resources ---------------------------------------------------------------------------------
@@ -347,46 +377,56 @@ class PostgresStore:
     async def put_resource(self, kind: str, key: str, data: dict[str, Any], *, only_if_absent: bool = False) -> bool:
         """Store a document; with ``only_if_absent``, False (and no change) if the key exists."""
         statement = q.ADD_RESOURCE if only_if_absent else q.PUT_RESOURCE
-        async with self._transaction() as tx:
-            count = await tx.execute(statement, {"kind": kind, "key": key, "data": _jsonb(data)})
-        return count > 0
+        params = {"kind": kind, "key": key, "data": _jsonb(data)}
+        return await self._write(lambda tx: tx.execute(statement, params)) > 0
 
     async def get_resource(self, kind: str, key: str) -> dict[str, Any] | None:
         """The document, or None."""
-        async with self._transaction() as tx:
-            row = await tx.row(q.GET_RESOURCE, {"kind": kind, "key": key})
+        row = await self._read(lambda tx: tx.row(q.GET_RESOURCE, {"kind": kind, "key": key}))
         return None if row is None else dict(row["data"])
 
     async def list_resources(self, kind: str) -> list[dict[str, Any]]:
         """Every document of ``kind``, in key order (byte order)."""
-        async with self._transaction() as tx:
-            rows = await tx.rows(q.LIST_RESOURCES, {"kind": kind})
+        rows = await self._read(lambda tx: tx.rows(q.LIST_RESOURCES, {"kind": kind}))
         return [dict(row["data"]) for row in rows]
 
     async def delete_resource(self, kind: str, key: str) -> bool:
         """Delete a document; False if it did not exist."""
-        async with self._transaction() as tx:
-            return await tx.execute(q.DELETE_RESOURCE, {"kind": kind, "key": key}) > 0
+        return await self._write(lambda tx: tx.execute(q.DELETE_RESOURCE, {"kind": kind, "key": key})) > 0
 
     # -- internals ---------------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[_Transaction]:
-        """One transaction; its changes are announced with it and, once committed, to our listeners."""
+    def _open_pool(self) -> AsyncConnectionPool[Connection]:
         if self._pool is None:
             raise StoreError("the PostgreSQL store is not open: call 'await store.open()' first")
-        with _translated_errors():
-            async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cursor:
-                tx = _Transaction(cursor)
-                yield tx
-                if tx.changes:
-                    payloads = encode_changes(self._origin, tx.changes)
-                    await cursor.execute(q.NOTIFY, {"channel": q.CHANNEL, "payloads": payloads})
-        self._emit(tx.changes)
+        return self._pool
+
+    async def _read(self, work: Callable[[_Transaction], Awaitable[_T]]) -> _T:
+        """Run ``work``'s reads on a pool connection, each statement on its own (writes go
+        through :meth:`_write`). A read found a broken connection goes again on another one."""
+        pool = self._open_pool()
+        deadline = time.monotonic() + self._pool_timeout
+        for attempt in (1, 2):
+            conn: Connection | None = None
+            try:
+                timeout = max(0.0, deadline - time.monotonic())
+                async with pool.connection(timeout) as conn, conn.cursor(row_factory=dict_row) as cursor:
+                    return await work(_Transaction(cursor))
+            except psycopg.Error as exc:
+                if attempt == 2 or conn is None or not conn.broken:
+                    raise store_error(exc) from exc
+            await replace_broken_connections(pool)
+        raise AssertionError("unreachable")
+
+    async def _write(self, work: Callable[[_Transaction], Awaitable[_T]]) -> _T:
+        """Run ``work`` in the next group commit; its changes are announced with it and, once
+        committed, to our listeners (:mod:`tarefa.store.postgres_batch`)."""
+        return await self._writer.write(lambda cursor, changes: work(_Transaction(cursor, changes)))
 
     async def _change_job(self, job_id: str, owner: str | None, change: Callable[[Job], Job | None]) -> Job | None:
         """Lock one job, apply ``change`` to it and save the result if it differs."""
-        async with self._transaction() as tx:
+
+        async def apply(tx: _Transaction) -> Job | None:
             jobs = await tx.jobs(q.SELECT_JOB_FOR_UPDATE, {"id": job_id, "owner": owner})
             if not jobs:
                 return None
@@ -395,6 +435,8 @@ class PostgresStore:
                 return changed
             await tx.save([changed])
             return changed
+
+        return await self._write(apply)
 
     def _emit(self, changes: Sequence[JobChange]) -> None:
         if not changes:
@@ -407,22 +449,22 @@ class PostgresStore:
                 logger.exception("a job change listener failed")
 
     async def _read_changes(self, job_ids: Sequence[str]) -> list[JobChange]:
-        async with self._transaction() as tx:
-            found = {job.id: job for job in await tx.jobs(q.SELECT_JOBS, {"ids": list(job_ids)})}
+        jobs = await self._read(lambda tx: tx.jobs(q.SELECT_JOBS, {"ids": list(job_ids)}))
+        found = {job.id: job for job in jobs}
         return [JobChange(job_id, found.get(job_id)) for job_id in job_ids]
 
     async def _changes_since(self, since: datetime) -> list[JobChange]:
-        async with self._transaction() as tx:
-            jobs = await tx.jobs(q.CHANGED_SINCE, {"since": since})
-            deleted = await tx.rows(q.DELETED_SINCE, {"since": since})
+        # Two reads, not one snapshot: a job deleted in between is heard changed, then deleted.
+        jobs = await self._read(lambda tx: tx.jobs(q.CHANGED_SINCE, {"since": since}))
+        deleted = await self._read(lambda tx: tx.rows(q.DELETED_SINCE, {"since": since}))
         return [JobChange(job.id, job) for job in jobs] + [JobChange(row["id"], None) for row in deleted]
 
 
 @dataclasses.dataclass
 class _Transaction:
-    """A cursor in an open transaction, and the job changes to announce when it commits."""
+    """A cursor (in a transaction, for a write) and the job changes to announce when it commits."""
 
-    cursor: psycopg.AsyncCursor[DictRow]
+    cursor: Cursor
     changes: list[JobChange] = dataclasses.field(default_factory=list)
 
     async def execute(self, statement: str, params: dict[str, Any]) -> int:
@@ -442,8 +484,13 @@ class _Transaction:
 
     async def save(self, jobs: list[Job]) -> list[Job]:
         """Write these (locked) jobs back, to be announced with the commit."""
+        if len(jobs) == 1:
+            await self.cursor.execute(q.UPDATE_JOB, _job_params(jobs[0]))
+        elif jobs:
+            rows = [_job_params(job) for job in jobs]
+            columns = {name: [row[name] for row in rows] for name in q.UPDATE_JOBS_COLUMNS}
+            await self.cursor.execute(q.UPDATE_JOBS, columns)
         if jobs:
-            await self.cursor.executemany(q.UPDATE_JOB, [_job_params(job) for job in jobs])
             self.changes.extend(JobChange(job.id, job) for job in jobs)
         return jobs
 
@@ -456,10 +503,8 @@ def _translated_errors() -> Iterator[None]:
     """Driver exceptions become the store's own (module doc of :mod:`tarefa.store.base`)."""
     try:
         yield
-    except psycopg.OperationalError as exc:
-        raise StoreUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
     except psycopg.Error as exc:
-        raise StoreError(f"PostgreSQL failed: {exc}") from exc
+        raise store_error(exc) from exc
 
 
 async def _schema_version(cursor: psycopg.AsyncCursor[DictRow]) -> int:
@@ -495,7 +540,7 @@ def _utc(value: datetime | None) -> datetime | None:
 
 def _row_to_job(row: DictRow) -> Job:
     error = None if row["error_code"] is None else JobError(row["error_code"], row["error_message"] or "")
-    values = {field.name: row[field.name] for field in dataclasses.fields(Job) if field.name != "error"}
+    values = {name: row[name] for name in JOB_FIELDS if name != "error"}
     values.update({name: _utc(values[name]) for name in TIME_FIELDS})
     return Job(**{**values, "state": JobState(row["state"]), "error": error})
 
@@ -510,7 +555,7 @@ def _dumps(value: Any) -> str:
 
 
 def _job_params(job: Job) -> dict[str, Any]:
-    params = {field.name: getattr(job, field.name) for field in dataclasses.fields(Job)}
+    params = {name: getattr(job, name) for name in JOB_FIELDS}
     params["state"] = job.state.value
     params["result"] = _jsonb(job.result)
     params["input"] = _jsonb(job.input)

@@ -14,13 +14,13 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import psycopg
 
-from ..model import Job, JobError, JobState, format_timestamp, parse_timestamp, utcnow
+from ..model import Job, JobError, JobState, utcnow
 from . import postgres_sql as q
 from .base import JobChange, StoreError
 
@@ -32,6 +32,8 @@ NOTIFY_LIMIT = 7000
 MAX_RECONNECT_DELAY = 5.0
 #: The Job fields that hold instants (timestamptz columns, RFC 3339 strings in payloads).
 TIME_FIELDS = ("create_time", "start_time", "end_time", "last_modified", "lease_expires")
+#: The names of the Job fields, in order.
+JOB_FIELDS = tuple(field.name for field in dataclasses.fields(Job))
 
 Connection = psycopg.AsyncConnection[Any]
 ReadChanges = Callable[[Sequence[str]], Awaitable[list[JobChange]]]
@@ -63,6 +65,7 @@ class ChangeFeed:
         self.reconnects = 0
         self._conninfo = conninfo
         self._origin = origin
+        self._own_head = _payload_head(origin).decode()
         self._read = read
         self._changes_since = changes_since
         self._emit = emit
@@ -129,6 +132,8 @@ class ChangeFeed:
             self._connected_at = beat_at
 
     async def _dispatch(self, payload: str) -> None:
+        if payload.startswith(self._own_head):  # our own change, known without parsing it
+            return
         try:
             origin, entries = decode_changes(payload)
         except (ValueError, KeyError, TypeError):
@@ -182,7 +187,7 @@ def encode_changes(origin: str, changes: Sequence[JobChange]) -> list[str]:
     Entries: ``["j", job]`` a changed job, ``["r", id]`` a changed job too large to send (the
     listener reads it), ``["d", id]`` a deleted job.
     """
-    head, tail = b'{"o":"%s","c":[' % origin.encode(), b"]}"
+    head, tail = _payload_head(origin), b"]}"
     payloads: list[str] = []
     batch: list[bytes] = []
     size = len(head) + len(tail)
@@ -197,6 +202,10 @@ def encode_changes(origin: str, changes: Sequence[JobChange]) -> list[str]:
     return payloads
 
 
+def _payload_head(origin: str) -> bytes:
+    return b'{"o":"%s","c":[' % origin.encode()
+
+
 def decode_changes(payload: str) -> tuple[str, list[JobChange | str]]:
     """The origin and the entries of a payload; an id (str) stands for a job to read."""
     data = orjson.loads(payload)
@@ -206,7 +215,7 @@ def decode_changes(payload: str) -> tuple[str, list[JobChange | str]]:
 def _encode_entry(change: JobChange) -> bytes:
     if change.job is None:
         return orjson.dumps(["d", change.job_id])
-    entry = orjson.dumps(["j", _job_to_wire(change.job)])
+    entry = orjson.dumps(["j", _job_to_wire(change.job)], option=orjson.OPT_UTC_Z)
     return entry if len(entry) <= NOTIFY_LIMIT - 100 else orjson.dumps(["r", change.job_id])
 
 
@@ -221,15 +230,23 @@ def _decoded_entry(kind: str, value: Any) -> JobChange | str:
 
 
 def _job_to_wire(job: Job) -> dict[str, Any]:
-    wire = {field.name: getattr(job, field.name) for field in dataclasses.fields(Job)}
-    wire.update({name: wire[name] and format_timestamp(wire[name]) for name in TIME_FIELDS})
+    """The job as JSON data; orjson writes its instants in RFC 3339 (``2026-11-28T15:40:21.606403Z``)."""
+    wire = {name: getattr(job, name) for name in JOB_FIELDS}
     wire["error"] = [job.error.code, job.error.message] if job.error else None
     return wire
 
 
 def _job_from_wire(wire: dict[str, Any]) -> Job:
     values = dict(wire)
-    values.update({name: values[name] and parse_timestamp(values[name]) for name in TIME_FIELDS})
+    values.update({name: values[name] and _instant(values[name]) for name in TIME_FIELDS})
     values["state"] = JobState(values["state"])
     values["error"] = JobError(*values["error"]) if values["error"] else None
     return Job(**values)
+
+
+def _instant(text: str) -> datetime:
+    """An RFC 3339 instant of a payload, in UTC (ValueError if it has no offset)."""
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset")
+    return value if value.tzinfo is UTC else value.astimezone(UTC)

@@ -153,6 +153,34 @@ UPDATE_JOB = """
     WHERE id = %(id)s
 """
 
+#: The columns :data:`UPDATE_JOBS` writes: each parameter is the list of one column's new values.
+UPDATE_JOBS_COLUMNS = (
+    "id", "state", "message", "progress", "start_time", "end_time", "last_modified", "result", "error_code",
+    "error_message", "cancel_requested", "attempts", "lease_owner", "lease_expires",
+)  # fmt: skip
+
+# Several jobs in one statement (a claim): UPDATE_JOB for each, one array per column.
+UPDATE_JOBS = """
+    UPDATE tarefa_jobs AS job SET
+        state = changed.state, message = changed.message, progress = changed.progress,
+        start_time = changed.start_time, end_time = changed.end_time,
+        last_modified = changed.last_modified, result = changed.result,
+        error_code = changed.error_code, error_message = changed.error_message,
+        cancel_requested = changed.cancel_requested, attempts = changed.attempts,
+        lease_owner = changed.lease_owner, lease_expires = changed.lease_expires
+    FROM unnest(
+        %(id)s::text[], %(state)s::text[], %(message)s::text[], %(progress)s::integer[],
+        %(start_time)s::timestamptz[], %(end_time)s::timestamptz[], %(last_modified)s::timestamptz[],
+        %(result)s::jsonb[], %(error_code)s::text[], %(error_message)s::text[],
+        %(cancel_requested)s::boolean[], %(attempts)s::integer[], %(lease_owner)s::text[],
+        %(lease_expires)s::timestamptz[]
+    ) AS changed (
+        id, state, message, progress, start_time, end_time, last_modified, result, error_code,
+        error_message, cancel_requested, attempts, lease_owner, lease_expires
+    )
+    WHERE job.id = changed.id
+"""
+
 SELECT_JOB = """
     SELECT * FROM tarefa_jobs
     WHERE id = %(id)s AND (%(owner)s::text IS NULL OR owner = %(owner)s)
@@ -226,8 +254,6 @@ PURGE_JOBS = """
 
 FORGET_DELETED_JOBS = "DELETE FROM tarefa_deleted_jobs WHERE deleted_at < %(before)s"
 
-NOTIFY = "SELECT pg_notify(%(channel)s, payload) FROM unnest(%(payloads)s::text[]) AS payload"
-
 LISTEN = f"LISTEN {CHANNEL}"
 
 HEARTBEAT = "SELECT 1"
@@ -236,6 +262,35 @@ HEARTBEAT = "SELECT 1"
 CHANGED_SINCE = "SELECT * FROM tarefa_jobs WHERE last_modified >= %(since)s ORDER BY last_modified, id"
 
 DELETED_SINCE = "SELECT id FROM tarefa_deleted_jobs WHERE deleted_at >= %(since)s ORDER BY id"
+
+# -- group commit (see tarefa.store.postgres_batch) ---------------------------------------------------
+# Sent on autocommit connections as plain statements, several in one round trip.
+
+#: Longest wait for a lock in a writer's transaction.
+LOCK_TIMEOUT = "200ms"
+
+BEGIN = "BEGIN"
+
+BEGIN_WITH_LOCK_TIMEOUT = f"BEGIN; SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"
+
+# The first run of a batch failed: roll it back and run it again, each write in a savepoint.
+BEGIN_CAREFUL = f"ROLLBACK; {BEGIN_WITH_LOCK_TIMEOUT}; SAVEPOINT tarefa_call"
+
+NEXT_CALL = "RELEASE SAVEPOINT tarefa_call; SAVEPOINT tarefa_call"
+
+UNDO_CALL = "ROLLBACK TO SAVEPOINT tarefa_call"
+
+ROLLBACK = "ROLLBACK"
+
+
+def announce_and_commit(payloads: list[str], *, lift_lock_timeout: bool) -> sql.Composed:
+    """One ``NOTIFY`` per payload, then ``COMMIT``; first, the lock timeout is lifted if asked:
+    waiting for the notification queue's lock at commit is normal."""
+    statements: list[sql.Composable] = [sql.SQL("SET LOCAL lock_timeout = 0")] if lift_lock_timeout else []
+    notify = sql.SQL("NOTIFY {}, {}")
+    statements += [notify.format(sql.Identifier(CHANNEL), sql.Literal(payload)) for payload in payloads]
+    return sql.SQL("; ").join([*statements, sql.SQL("COMMIT")])
+
 
 # -- resources --------------------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 import httpx
 import psycopg
 import pytest
+from job_polling import TERMINAL, follow, read_job
 from psycopg import sql
 
 pytestmark = pytest.mark.postgres
@@ -49,7 +50,7 @@ TAREFA = [sys.executable, "-m", "tarefa"]
 APP = "tests.e2e.apps.multinode:app"
 RUNLOG_ENV = "TAREFA_TEST_RUNLOG"
 POSTGRES_URL = os.environ.get("TAREFA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-TERMINAL = ("success", "failure")
+
 TAREFA_TABLES = ("tarefa_jobs", "tarefa_deleted_jobs", "tarefa_resources")
 
 # -- the database ----------------------------------------------------------------------------------
@@ -258,25 +259,6 @@ def submit(client: httpx.Client, kind: str, **work: float) -> dict[str, Any]:
     answer = client.post(f"/api/{kind}", json=work)
     assert answer.status_code == 202, answer.text
     job: dict[str, Any] = answer.json()["job"]
-    return job
-
-
-def read_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    answer = client.get(f"/api/jobs/{job_id}")
-    assert answer.status_code == 200, answer.text
-    return answer.json()["record"]  # type: ignore[no-any-return]
-
-
-def follow(client: httpx.Client, job: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-    """Long-poll ``job`` until it is terminal."""
-    deadline = time.monotonic() + timeout
-    while job["state"] not in TERMINAL:
-        assert time.monotonic() < deadline, f"job {job['id']} did not end in {timeout} s: {job}"
-        answer = client.get(
-            f"/api/jobs/{job['id']}", params={"poll_timeout": 10, "last_modified": job["last_modified"]}
-        )
-        assert answer.status_code == 200, answer.text
-        job = answer.json()["record"]
     return job
 
 

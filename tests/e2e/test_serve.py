@@ -23,11 +23,12 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
+from job_polling import TERMINAL, follow, read_job
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.e2e.apps.runlog:app"
 RUNLOG_ENV = "TAREFA_TEST_RUNLOG"
-TERMINAL = ("success", "failure")
+
 SNAKE_CASE = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 
 StartServer = Callable[..., Any]
@@ -57,25 +58,6 @@ def submit(client: httpx.Client, kind: str, **work: float) -> dict[str, Any]:
     assert answer.status_code == 202, answer.text
     job: dict[str, Any] = answer.json()["job"]
     assert answer.headers["location"] == f"/api/jobs/{job['id']}"
-    return job
-
-
-def read_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    answer = client.get(f"/api/jobs/{job_id}")
-    assert answer.status_code == 200, answer.text
-    return answer.json()["record"]  # type: ignore[no-any-return]
-
-
-def follow(client: httpx.Client, job: dict[str, Any], timeout: float = 60.0) -> dict[str, Any]:
-    """Long-poll ``job`` until it is terminal."""
-    deadline = time.monotonic() + timeout
-    while job["state"] not in TERMINAL:
-        assert time.monotonic() < deadline, f"job {job['id']} did not end in {timeout} s: {job}"
-        answer = client.get(
-            f"/api/jobs/{job['id']}", params={"poll_timeout": 10, "last_modified": job["last_modified"]}
-        )
-        assert answer.status_code == 200, answer.text
-        job = answer.json()["record"]
     return job
 
 

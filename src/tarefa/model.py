@@ -46,34 +46,100 @@ class JobError:
     message: str
 
 
+def _field(kind: str, *, wire: str | None = "always", doc: str = "", mutable: bool = True, **options: Any) -> Any:
+    """One Job field and how every layer treats it (see :data:`FIELDS`).
+
+    ``kind`` says how it is stored and written (text, int, bool, state, time, json, error, href);
+    ``wire`` when it is sent to clients: ``always``, ``if_set`` (left out when None),
+    ``on_success`` (only on a successful job) or None (internal, never sent); ``mutable`` False
+    for the fields fixed when the job is created.
+    """
+    metadata = {"kind": kind, "wire": wire, "doc": doc, "mutable": mutable}
+    return dataclasses.field(metadata=metadata, **options)
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One job, as stored. Fields after ``resource`` are internal and never sent to clients."""
+    """One job, as stored. This class is the one definition of a job's fields: the store's
+    columns, the wire format, the OpenAPI schema and the notification payloads are derived from
+    it (:data:`FIELDS`). A new field costs this class, a migration, and the code that sets it."""
 
-    id: str
-    operation: str
-    state: JobState
-    message: str
-    progress: int | None
-    create_time: datetime
-    start_time: datetime | None
-    end_time: datetime | None
-    last_modified: datetime
-    result: Any = None
-    error: JobError | None = None
-    resource: str | None = None
+    id: str = _field("text", doc="opaque, unguessable, URL-safe", mutable=False)
+    operation: str = _field("text", doc="the registered operation, e.g. cluster.deploy", mutable=False)
+    state: JobState = _field("state", doc="queued, running, success or failure")
+    message: str = _field("text", doc="the latest human-readable status line")
+    progress: int | None = _field("int", doc="0..100 when the operation reports it")
+    create_time: datetime = _field("time", doc="RFC 3339, UTC, microseconds, Z", mutable=False)
+    start_time: datetime | None = _field("time", doc="when it started running")
+    end_time: datetime | None = _field("time", doc="when it ended")
+    last_modified: datetime = _field("time", doc="changes on every visible change; strictly increasing")
+    result: Any = _field("json", wire="on_success", doc="only on success", default=None)
+    error: JobError | None = _field("error", wire="if_set", doc="only on failure", default=None)
+    resource: str | None = _field(
+        "href", wire="if_set", doc="the resource the job creates or changes", mutable=False, default=None
+    )
     # internal
-    owner: str = ""
-    input: Any = None
-    cancel_requested: bool = False
-    attempts: int = 0
-    max_attempts: int = 1
-    lease_owner: str | None = None
-    lease_expires: datetime | None = None
+    owner: str = _field("text", wire=None, mutable=False, default="")
+    input: Any = _field("json", wire=None, mutable=False, default=None)
+    cancel_requested: bool = _field("bool", wire=None, default=False)
+    attempts: int = _field("int", wire=None, default=0)
+    max_attempts: int = _field("int", wire=None, mutable=False, default=1)
+    lease_owner: str | None = _field("text", wire=None, default=None)
+    lease_expires: datetime | None = _field("time", wire=None, default=None)
 
     @property
     def is_terminal(self) -> bool:
         return self.state.is_terminal
+
+
+@dataclass(frozen=True, slots=True)
+class FieldInfo:
+    """What :func:`_field` says of one Job field."""
+
+    name: str
+    kind: str
+    wire: str | None
+    doc: str
+    mutable: bool
+
+
+#: Every Job field in order, with its kind: the list the other layers derive theirs from.
+FIELDS: tuple[FieldInfo, ...] = tuple(
+    FieldInfo(f.name, f.metadata["kind"], f.metadata["wire"], f.metadata["doc"], f.metadata["mutable"])
+    for f in dataclasses.fields(Job)
+)
+#: The fields clients see, in wire order (``_links`` is added by the HTTP layer).
+WIRE_FIELDS: tuple[FieldInfo, ...] = tuple(f for f in FIELDS if f.wire is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One visible change of a job (SPEC §10): its state, message and progress after the change.
+
+    ``seq`` is given by the store: unique in the store, increasing for one job. ``operation``
+    and ``owner`` are kept for filtering and access; they are not sent to clients.
+    """
+
+    seq: int
+    job_id: str
+    time: datetime
+    state: JobState
+    message: str
+    progress: int | None
+    error: JobError | None = None
+    operation: str = ""
+    owner: str = ""
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state.is_terminal
+
+
+def event_of(job: Job, seq: int = 0) -> JobEvent:
+    """The event that records ``job`` as it is now (``seq`` 0 until the store numbers it)."""
+    return JobEvent(
+        seq, job.id, job.last_modified, job.state, job.message, job.progress, job.error, job.operation, job.owner
+    )
 
 
 # -- time ---------------------------------------------------------------------------------------

@@ -96,24 +96,52 @@ def postgres_url(postgres_database: str) -> str:
 # -- any store ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    """The URL of an empty store of each backend."""
-    if request.param == "sqlite":
+def _url_of(kind: str, request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    if kind == "memory":
+        return "memory://"
+    if kind == "sqlite":
         return f"sqlite:///{tmp_path}/t.db"
     url: str = request.getfixturevalue("postgres_url")
     return f"{url}?pool_size=4"
 
 
+POSTGRES = pytest.param("postgres", marks=pytest.mark.postgres)
+
+
+@pytest.fixture(params=["memory", "sqlite", POSTGRES])
+def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """The URL of an empty store of each backend."""
+    return _url_of(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", POSTGRES])
+def durable_store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """The URL of an empty store of each durable backend (the memory store keeps nothing)."""
+    return _url_of(request.param, request, tmp_path)
+
+
+@contextlib.asynccontextmanager
+async def opened(url: str) -> AsyncIterator[Store]:
+    store = open_store(url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 @pytest.fixture
 async def store(store_url: str, anyio_backend: str) -> AsyncIterator[Store]:
     """An open store of each backend, closed after the test."""
-    opened = open_store(store_url)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
+    async with opened(store_url) as store:
+        yield store
+
+
+@pytest.fixture
+async def durable_store(durable_store_url: str, anyio_backend: str) -> AsyncIterator[Store]:
+    """An open store of each durable backend, closed after the test."""
+    async with opened(durable_store_url) as store:
+        yield store
 
 
 # -- listening ------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import pytest
 from tarefa.model import Job, JobError, JobState, new_job, utcnow
 from tarefa.store import (
     Created,
+    DocumentKind,
     Idempotency,
     IdempotencyMismatch,
     JobAlreadyTerminal,
@@ -508,31 +509,34 @@ async def test_reads_and_lease_renewals_are_not_announced(store: Store, listen: 
 # -- resources ----------------------------------------------------------------------------------------
 
 
-async def test_resources_put_get_list_delete(store: Store) -> None:
+async def test_documents_put_get_list_delete(store: Store) -> None:
+    hosts, clusters = DocumentKind(store.documents, "host"), DocumentKind(store.documents, "cluster")
     for key in ("b", "a", "B", "a10", "a2"):
-        assert await store.put_resource("host", key, {"name": key, "n": [1, 2]}) is True
-    await store.put_resource("cluster", "a", {"name": "cluster a"})
-    assert await store.get_resource("host", "a") == {"name": "a", "n": [1, 2]}
-    assert [doc["name"] for doc in await store.list_resources("host")] == ["B", "a", "a10", "a2", "b"]
-    assert await store.put_resource("host", "a", {"name": "changed"}, only_if_absent=True) is False
-    assert await store.get_resource("host", "a") == {"name": "a", "n": [1, 2]}
-    assert await store.put_resource("host", "a", {"name": "replaced"}) is True
-    assert await store.get_resource("host", "a") == {"name": "replaced"}
-    assert await store.put_resource("host", "c", {"name": "c"}, only_if_absent=True) is True
-    assert await store.delete_resource("host", "a") is True
-    assert await store.delete_resource("host", "a") is False
-    assert await store.get_resource("host", "a") is None
-    assert await store.get_resource("cluster", "a") == {"name": "cluster a"}
-    assert await store.list_resources("nothing") == []
+        assert await hosts.put(key, {"name": key, "n": [1, 2]}) is True
+    await clusters.put("a", {"name": "cluster a"})
+    assert await hosts.get("a") == {"name": "a", "n": [1, 2]}
+    assert [doc["name"] for doc in await hosts.list()] == ["B", "a", "a10", "a2", "b"]
+    assert await hosts.put("a", {"name": "changed"}, only_if_absent=True) is False
+    assert await hosts.get("a") == {"name": "a", "n": [1, 2]}
+    assert await hosts.put("a", {"name": "replaced"}) is True
+    assert await hosts.get("a") == {"name": "replaced"}
+    assert await hosts.put("c", {"name": "c"}, only_if_absent=True) is True
+    assert await hosts.delete("a") is True
+    assert await hosts.delete("a") is False
+    assert await hosts.get("a") is None
+    assert await clusters.get("a") == {"name": "cluster a"}
+    assert await DocumentKind(store.documents, "nothing").list() == []
 
 
 # -- life cycle ---------------------------------------------------------------------------------------
 
 
-async def test_data_survives_close_and_reopen(store: Store, store_url: str) -> None:
+async def test_data_survives_close_and_reopen(durable_store: Store, durable_store_url: str) -> None:
+    store, store_url = durable_store, durable_store_url
     done = await finished_one(store)
     queued = (await store.create_job(make_job(), idempotency=Idempotency("k", "h"), resource_key="r")).job
-    await store.put_resource("host", "h1", {"name": "h1"})
+    history = await store.list_events(done.id)
+    await DocumentKind(store.documents, "host").put("h1", {"name": "h1"})
     await store.open()  # idempotent
     await store.close()
     reopened = open_store(store_url)
@@ -540,7 +544,8 @@ async def test_data_survives_close_and_reopen(store: Store, store_url: str) -> N
     try:
         assert await reopened.get_job(done.id) == done
         assert await reopened.get_job(queued.id) == queued
-        assert await reopened.get_resource("host", "h1") == {"name": "h1"}
+        assert await DocumentKind(reopened.documents, "host").get("h1") == {"name": "h1"}
+        assert await reopened.list_events(done.id) == history
         replay = await reopened.create_job(make_job(), idempotency=Idempotency("k", "h"))
         assert replay == Created(queued, created=False)
         with pytest.raises(ResourceBusy):

@@ -35,15 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-import orjson
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -51,45 +49,48 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from .. import model
-from ..model import Job, JobError, JobState, utcnow
+from ..model import Job, JobError, JobEvent, JobState, event_of, utcnow
 from . import InvalidStoreURL
 from . import postgres_sql as q
-from .base import (
-    ChangeListener,
-    Created,
-    Idempotency,
-    IdempotencyMismatch,
-    JobAlreadyTerminal,
-    JobChange,
-    JobNotTerminal,
-    JobQuery,
-    Outcome,
-    ResourceBusy,
-    SchemaTooNew,
-    StoreError,
-    apply_outcome,
-)
+from .base import Idempotency, JobChange, SchemaTooNew, StoreError
+from .columns import NAMES, Codec, json_text
+from .documents import Documents
+from .jobstore import JobStore
 from .postgres_batch import Cursor, GroupCommit, replace_broken_connections, store_error
-from .postgres_listen import JOB_FIELDS, TIME_FIELDS, ChangeFeed, Connection, encode_changes
-
-if TYPE_CHECKING:
-    from .base import Store
+from .postgres_listen import ChangeFeed, Connection, encode_changes
+from .steps import (
+    DeleteJob,
+    IdempotentEntry,
+    InsertJob,
+    ListEvents,
+    ListJobs,
+    LoadHeld,
+    LoadIdempotent,
+    LoadJob,
+    LoadLost,
+    LoadQueued,
+    LoadResourceHolder,
+    Program,
+    PurgeJobs,
+    RenewLeases,
+    SaveJobs,
+    SetAnswerStatus,
+    Step,
+    numbered,
+    run_async,
+)
 
 logger = logging.getLogger("tarefa.store.postgres")
 
-#: Jobs deleted per transaction by :meth:`PostgresStore.purge_jobs`.
-PURGE_BATCH = 1000
 #: How long the ids of deleted jobs are kept for listeners catching up after a reconnection.
 DELETED_IDS_RETENTION = timedelta(days=1)
-_CREATE_ATTEMPTS = 5
 
 _Number = TypeVar("_Number", int, float)
 _T = TypeVar("_T")
 
 
-class PostgresStore:
-    """A :class:`~tarefa.store.Store` on PostgreSQL (psycopg 3, one connection pool per process)."""
+class PostgresStore(JobStore, Documents):
+    """A :class:`~tarefa.store.JobStore` on PostgreSQL (psycopg 3, one connection pool per process)."""
 
     exclusive: bool = False
 
@@ -105,11 +106,11 @@ class PostgresStore:
         catch_up_margin: float | str = 10.0,
         **connection_options: str,
     ) -> None:
+        super().__init__()
         self.pool_size = _positive("pool_size", pool_size, int)
         self._pool_timeout = _positive("pool_timeout", pool_timeout, float)
         self._conninfo = _conninfo(url, connection_options)
         self._origin = secrets.token_hex(8)
-        self._listeners: list[ChangeListener] = []
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._opening = asyncio.Lock()
         self._writer = GroupCommit(
@@ -192,10 +193,6 @@ class PostgresStore:
                     logger.info("migrated the tarefa schema from version %d to %d", version, latest)
         return latest
 
-    def add_listener(self, listener: ChangeListener) -> None:
-        """Call ``listener`` on the event loop with every committed change, from any process."""
-        self._listeners.append(listener)
-
     @property
     def listening(self) -> asyncio.Event:
         """Set while the ``LISTEN`` connection is up (cleared while it reconnects)."""
@@ -211,188 +208,30 @@ class PostgresStore:
         """The server process id of the ``LISTEN`` connection, or None when disconnected."""
         return self._feed.backend_pid
 
-    # -- jobs --------------------------------------------------------------------------------------
+    # -- documents ---------------------------------------------------------------------------------
 
-    async def create_job(
-        self, job: Job, *, idempotency: Idempotency | None = None, resource_key: str | None = None
-    ) -> Created:
-        """Insert a queued job, or replay its idempotency key (see :class:`~tarefa.store.Store`)."""
-        params = {
-            **_job_params(job),
-            "idempotency_key": idempotency.key if idempotency else None,
-            "request_hash": idempotency.request_hash if idempotency else None,
-            "resource_key": resource_key,
-        }
+    @property
+    def documents(self) -> Documents:
+        return self
 
-        async def insert(tx: _Transaction) -> Created:
-            # Each statement sees the latest commits, so a conflict found by the insert is visible
-            # to the lookups that follow; a conflicting job that ended meanwhile means try again.
-            for _ in range(_CREATE_ATTEMPTS):
-                if idempotency is not None and (replay := await _replay(tx, job.owner, idempotency)):
-                    return replay
-                if await tx.row(q.INSERT_JOB, params) is not None:
-                    tx.changes.append(JobChange(job.id, job))
-                    return Created(job, created=True)
-                if resource_key is not None:
-                    holder = await tx.row(q.SELECT_RESOURCE_HOLDER, {"resource_key": resource_key})
-                    if holder is not None:
-                        raise ResourceBusy(resource_key, holder["id"])
-            raise StoreError(f"could not insert job {job.id}: a job with this id exists")
-
-        return await self._write(insert)
-
-    async def replay_idempotent(self, owner: str, idempotency: Idempotency) -> Created | None:
-        """The job first created with this key by ``owner``; None if the key is new;
-        :class:`~tarefa.store.IdempotencyMismatch` if it came with another request."""
-        return await self._read(lambda tx: _replay(tx, owner, idempotency))
-
-    async def set_answer_status(self, job_id: str, status: int) -> None:
-        """Record the status code of the first answer, for idempotent replays."""
-        await self._write(lambda tx: tx.execute(q.SET_ANSWER_STATUS, {"id": job_id, "status": status}))
-
-    async def get_job(self, job_id: str, owner: str | None = None) -> Job | None:
-        """The job, or None if unknown or not owned by ``owner``."""
-        jobs = await self._read(lambda tx: tx.jobs(q.SELECT_JOB, {"id": job_id, "owner": owner}))
-        return jobs[0] if jobs else None
-
-    async def list_jobs(self, query: JobQuery) -> list[Job]:
-        """A page of jobs in ``query``'s order, after ``query.after`` (keyset paging)."""
-        statement, params = q.list_jobs(query)
-        return await self._read(lambda tx: tx.jobs(statement, params))
-
-    async def claim_jobs(
-        self, worker: str, *, operations: Collection[str], limit: int, lease_seconds: float
-    ) -> list[Job]:
-        """Start up to ``limit`` queued jobs, oldest first; locked rows are skipped, never shared."""
-        if not operations or limit <= 0:
-            return []
-
-        async def claim(tx: _Transaction) -> list[Job]:
-            queued = await tx.jobs(q.CLAIM_JOBS, {"operations": list(operations), "limit": limit})
-            now = utcnow()
-            expires = now + timedelta(seconds=lease_seconds)
-            return await tx.save([model.start(job, now=now, worker=worker, lease_expires=expires) for job in queued])
-
-        return await self._write(claim)
-
-    async def report_progress(
-        self, job_id: str, worker: str, *, message: str | None, progress: int | None
-    ) -> Job | None:
-        """A new message and/or progress on a job ``worker`` holds; None if it does not."""
-
-        def change(job: Job) -> Job | None:
-            if not _holds(job, worker):
-                return None
-            return model.report(job, now=utcnow(), message=message, progress=progress)
-
-        return await self._change_job(job_id, None, change)
-
-    async def finish_job(self, job_id: str, worker: str, outcome: Outcome) -> Job | None:
-        """End a job ``worker`` holds with ``outcome``; None if it does not hold it."""
-
-        def change(job: Job) -> Job | None:
-            return apply_outcome(job, outcome, now=utcnow()) if _holds(job, worker) else None
-
-        return await self._change_job(job_id, None, change)
-
-    async def renew_leases(self, worker: str, job_ids: Collection[str], lease_seconds: float) -> set[str]:
-        """Extend ``worker``'s leases (not a visible change); returns the ids it still holds."""
-        if not job_ids:
-            return set()
-        params = {
-            "ids": list(job_ids),
-            "worker": worker,
-            "lease_expires": utcnow() + timedelta(seconds=lease_seconds),
-        }
-        rows = await self._write(lambda tx: tx.rows(q.RENEW_LEASES, params))
-        return {row["id"] for row in rows}
-
-    async def release_jobs(self, worker: str, job_ids: Collection[str]) -> list[Job]:
-        """Apply :func:`~tarefa.model.lose` to these jobs that ``worker`` still holds."""
-        if not job_ids:
-            return []
-
-        async def release(tx: _Transaction) -> list[Job]:
-            held = await tx.jobs(q.SELECT_HELD_JOBS, {"ids": list(job_ids), "worker": worker})
-            now = utcnow()
-            return await tx.save([model.lose(job, now=now) for job in held])
-
-        return await self._write(release)
-
-    async def recover_jobs(self, *, expired_only: bool = True) -> list[Job]:
-        """Apply :func:`~tarefa.model.lose` to running jobs whose lease expired (or to all)."""
-
-        async def recover(tx: _Transaction) -> list[Job]:
-            lost = await tx.jobs(q.SELECT_LOST_JOBS, {"now": utcnow() if expired_only else None})
-            now = utcnow()
-            return await tx.save([model.lose(job, now=now) for job in lost])
-
-        return await self._write(recover)
-
-    async def cancel_job(self, job_id: str, owner: str | None = None) -> Job | None:
-        """Cancel a queued job, or ask a running one to stop; :class:`JobAlreadyTerminal` if ended."""
-
-        def change(job: Job) -> Job:
-            if job.is_terminal:
-                raise JobAlreadyTerminal(job)
-            return model.request_cancel(job, now=utcnow())
-
-        return await self._change_job(job_id, owner, change)
-
-    async def delete_job(self, job_id: str, owner: str | None = None) -> bool:
-        """Delete an ended job; False if unknown; :class:`JobNotTerminal` if it has not ended."""
-
-        async def delete(tx: _Transaction) -> bool:
-            jobs = await tx.jobs(q.SELECT_JOB_FOR_UPDATE, {"id": job_id, "owner": owner})
-            if not jobs:
-                return False
-            if not jobs[0].is_terminal:
-                raise JobNotTerminal(jobs[0])
-            await tx.execute(q.DELETE_JOB, {"id": job_id, "now": utcnow()})
-            tx.changes.append(JobChange(job_id, None))
-            return True
-
-        return await self._write(delete)
-
-    async def purge_jobs(self, ended_before: datetime) -> int:
-        """Delete the jobs that ended before ``ended_before``, in batches; returns how many."""
-
-        async def purge(tx: _Transaction) -> int:
-            params = {"ended_before": ended_before, "batch": PURGE_BATCH, "now": utcnow()}
-            rows = await tx.rows(q.PURGE_JOBS, params)
-            tx.changes.extend(JobChange(row["id"], None) for row in rows)
-            return len(rows)
-
-        purged = 0
-        while (count := await self._write(purge)) > 0:
-            purged += count
-            if count < PURGE_BATCH:
-                break
-        before = utcnow() - DELETED_IDS_RETENTION
-        await self._write(lambda tx: tx.execute(q.FORGET_DELETED_JOBS, {"before": before}))
-        return purged
-
-    # -- resources ---------------------------------------------------------------------------------
-
-    async def put_resource(self, kind: str, key: str, data: dict[str, Any], *, only_if_absent: bool = False) -> bool:
+    async def put_document(self, kind: str, key: str, data: dict[str, Any], *, only_if_absent: bool = False) -> bool:
         """Store a document; with ``only_if_absent``, False (and no change) if the key exists."""
-        statement = q.ADD_RESOURCE if only_if_absent else q.PUT_RESOURCE
+        statement = q.ADD_DOCUMENT if only_if_absent else q.PUT_DOCUMENT
         params = {"kind": kind, "key": key, "data": _jsonb(data)}
-        return await self._write(lambda tx: tx.execute(statement, params)) > 0
+        return await self._sql(statement, params) > 0
 
-    async def get_resource(self, kind: str, key: str) -> dict[str, Any] | None:
+    async def get_document(self, kind: str, key: str) -> dict[str, Any] | None:
         """The document, or None."""
-        row = await self._read(lambda tx: tx.row(q.GET_RESOURCE, {"kind": kind, "key": key}))
-        return None if row is None else dict(row["data"])
+        row = await self._read_rows(q.GET_DOCUMENT, {"kind": kind, "key": key})
+        return dict(row[0]["data"]) if row else None
 
-    async def list_resources(self, kind: str) -> list[dict[str, Any]]:
+    async def list_documents(self, kind: str) -> list[dict[str, Any]]:
         """Every document of ``kind``, in key order (byte order)."""
-        rows = await self._read(lambda tx: tx.rows(q.LIST_RESOURCES, {"kind": kind}))
-        return [dict(row["data"]) for row in rows]
+        return [dict(row["data"]) for row in await self._read_rows(q.LIST_DOCUMENTS, {"kind": kind})]
 
-    async def delete_resource(self, kind: str, key: str) -> bool:
+    async def delete_document(self, kind: str, key: str) -> bool:
         """Delete a document; False if it did not exist."""
-        return await self._write(lambda tx: tx.execute(q.DELETE_RESOURCE, {"kind": kind, "key": key})) > 0
+        return await self._sql(q.DELETE_DOCUMENT, {"kind": kind, "key": key}) > 0
 
     # -- internals ---------------------------------------------------------------------------------
 
@@ -401,9 +240,9 @@ class PostgresStore:
             raise StoreError("the PostgreSQL store is not open: call 'await store.open()' first")
         return self._pool
 
-    async def _read(self, work: Callable[[_Transaction], Awaitable[_T]]) -> _T:
-        """Run ``work``'s reads on a pool connection, each statement on its own (writes go
-        through :meth:`_write`). A read found a broken connection goes again on another one."""
+    async def _on_connection(self, work: Callable[[Cursor], Awaitable[_T]]) -> _T:
+        """Run ``work`` on a pool connection, each statement on its own (writes go through
+        :meth:`_write`). A read that found a broken connection goes again on another one."""
         pool = self._open_pool()
         deadline = time.monotonic() + self._pool_timeout
         for attempt in (1, 2):
@@ -411,88 +250,136 @@ class PostgresStore:
             try:
                 timeout = max(0.0, deadline - time.monotonic())
                 async with pool.connection(timeout) as conn, conn.cursor(row_factory=dict_row) as cursor:
-                    return await work(_Transaction(cursor))
+                    return await work(cursor)
             except psycopg.Error as exc:
                 if attempt == 2 or conn is None or not conn.broken:
                     raise store_error(exc) from exc
             await replace_broken_connections(pool)
         raise AssertionError("unreachable")
 
-    async def _write(self, work: Callable[[_Transaction], Awaitable[_T]]) -> _T:
-        """Run ``work`` in the next group commit; its changes are announced with it and, once
+    async def _read(self, program: Callable[[], Program[_T]]) -> _T:
+        return await self._on_connection(lambda cursor: run_async(program(), PgSteps(cursor, locking=False).do, []))
+
+    async def _read_rows(self, statement: str | sql.Composed, params: dict[str, Any]) -> list[DictRow]:
+        async def read(cursor: Cursor) -> list[DictRow]:
+            await cursor.execute(statement, params)
+            return await cursor.fetchall()
+
+        return await self._on_connection(read)
+
+    async def _write(self, program: Callable[[], Program[_T]]) -> _T:
+        """Run the program in the next group commit; its changes are announced with it and, once
         committed, to our listeners (:mod:`tarefa.store.postgres_batch`)."""
-        return await self._writer.write(lambda cursor, changes: work(_Transaction(cursor, changes)))
+        return await self._writer.write(
+            lambda cursor, changes: run_async(program(), PgSteps(cursor, locking=True).do, changes)
+        )
 
-    async def _change_job(self, job_id: str, owner: str | None, change: Callable[[Job], Job | None]) -> Job | None:
-        """Lock one job, apply ``change`` to it and save the result if it differs."""
+    async def _sql(self, statement: str, params: dict[str, Any]) -> int:
+        """One statement in the next group commit; the number of rows it touched."""
 
-        async def apply(tx: _Transaction) -> Job | None:
-            jobs = await tx.jobs(q.SELECT_JOB_FOR_UPDATE, {"id": job_id, "owner": owner})
-            if not jobs:
-                return None
-            changed = change(jobs[0])
-            if changed is None or changed is jobs[0]:
-                return changed
-            await tx.save([changed])
-            return changed
+        async def write(cursor: Cursor, changes: list[JobChange]) -> int:
+            await cursor.execute(statement, params)
+            return cursor.rowcount
 
-        return await self._write(apply)
-
-    def _emit(self, changes: Sequence[JobChange]) -> None:
-        if not changes:
-            return
-        batch = list(changes)
-        for listener in tuple(self._listeners):
-            try:
-                listener(batch)
-            except Exception:
-                logger.exception("a job change listener failed")
+        return await self._writer.write(write)
 
     async def _read_changes(self, job_ids: Sequence[str]) -> list[JobChange]:
-        jobs = await self._read(lambda tx: tx.jobs(q.SELECT_JOBS, {"ids": list(job_ids)}))
+        jobs = [_row_to_job(row) for row in await self._read_rows(q.SELECT_JOBS, {"ids": list(job_ids)})]
         found = {job.id: job for job in jobs}
         return [JobChange(job_id, found.get(job_id)) for job_id in job_ids]
 
     async def _changes_since(self, since: datetime) -> list[JobChange]:
         # Two reads, not one snapshot: a job deleted in between is heard changed, then deleted.
-        jobs = await self._read(lambda tx: tx.jobs(q.CHANGED_SINCE, {"since": since}))
-        deleted = await self._read(lambda tx: tx.rows(q.DELETED_SINCE, {"since": since}))
+        jobs = [_row_to_job(row) for row in await self._read_rows(q.CHANGED_SINCE, {"since": since})]
+        deleted = await self._read_rows(q.DELETED_SINCE, {"since": since})
         return [JobChange(job.id, job) for job in jobs] + [JobChange(row["id"], None) for row in deleted]
 
 
-@dataclasses.dataclass
-class _Transaction:
-    """A cursor (in a transaction, for a write) and the job changes to announce when it commits."""
+class PgSteps:
+    """How PostgreSQL does each step of a job rule, on one cursor. In a write (``locking``), the
+    jobs a step loads stay locked until the transaction ends."""
 
-    cursor: Cursor
-    changes: list[JobChange] = dataclasses.field(default_factory=list)
+    def __init__(self, cursor: Cursor, *, locking: bool) -> None:
+        self.cursor = cursor
+        self.locking = locking
 
-    async def execute(self, statement: str, params: dict[str, Any]) -> int:
-        await self.cursor.execute(statement, params)
-        return self.cursor.rowcount
+    async def do(self, step: Step) -> Any:
+        match step:
+            case LoadJob(job_id, owner):
+                jobs = await self._jobs(q.SELECT_JOB_FOR_UPDATE if self.locking else q.SELECT_JOB,
+                                        {"id": job_id, "owner": owner})  # fmt: skip
+                return jobs[0] if jobs else None
+            case LoadQueued(operations, limit):
+                return await self._jobs(q.CLAIM_JOBS, {"operations": list(operations), "limit": limit})
+            case LoadHeld(worker, job_ids):
+                return await self._jobs(q.SELECT_HELD_JOBS, {"ids": list(job_ids), "worker": worker})
+            case LoadLost(expired_before):
+                return await self._jobs(q.SELECT_LOST_JOBS, {"now": expired_before})
+            case LoadIdempotent(owner, key):
+                row = await self._row(q.SELECT_IDEMPOTENT_JOB, {"owner": owner, "key": key})
+                return (
+                    None
+                    if row is None
+                    else IdempotentEntry(_row_to_job(row), row["request_hash"], row["answer_status"])
+                )
+            case LoadResourceHolder(resource_key):
+                row = await self._row(q.SELECT_RESOURCE_HOLDER, {"resource_key": resource_key})
+                return None if row is None else row["id"]
+            case InsertJob(job, resource_key, idempotency):
+                return await self._insert(job, resource_key, idempotency)
+            case SaveJobs(jobs):
+                return await self._save(jobs)
+            case DeleteJob(job_id):
+                await self.cursor.execute(q.DELETE_JOB, {"id": job_id, "now": utcnow()})
+                return None
+            case PurgeJobs(ended_before, limit):
+                params = {"ended_before": ended_before, "batch": limit, "now": utcnow()}
+                ids = [row["id"] for row in await self._rows(q.PURGE_JOBS, params)]
+                await self.cursor.execute(q.FORGET_DELETED_JOBS, {"before": utcnow() - DELETED_IDS_RETENTION})
+                return ids
+            case RenewLeases(worker, job_ids, expires):
+                params = {"ids": list(job_ids), "worker": worker, "lease_expires": expires}
+                return {row["id"] for row in await self._rows(q.RENEW_LEASES, params)}
+            case SetAnswerStatus(job_id, status):
+                await self.cursor.execute(q.SET_ANSWER_STATUS, {"id": job_id, "status": status})
+                return None
+            case ListJobs(query):
+                return await self._jobs(*q.list_jobs(query))
+            case ListEvents(job_id, after, limit):
+                rows = await self._rows(q.SELECT_EVENTS, {"id": job_id, "after": after, "limit": limit})
+                return [_row_to_event(row) for row in rows]
+        raise AssertionError(f"unknown step {step!r}")
 
-    async def rows(self, statement: str | sql.Composed, params: dict[str, Any]) -> list[DictRow]:
+    async def _rows(self, statement: str | sql.Composed, params: dict[str, Any]) -> list[DictRow]:
         await self.cursor.execute(statement, params)
         return await self.cursor.fetchall()
 
-    async def row(self, statement: str, params: dict[str, Any]) -> DictRow | None:
+    async def _row(self, statement: str, params: dict[str, Any]) -> DictRow | None:
         await self.cursor.execute(statement, params)
         return await self.cursor.fetchone()
 
-    async def jobs(self, statement: str | sql.Composed, params: dict[str, Any]) -> list[Job]:
-        return [_row_to_job(row) for row in await self.rows(statement, params)]
+    async def _jobs(self, statement: str | sql.Composed, params: dict[str, Any]) -> list[Job]:
+        return [_row_to_job(row) for row in await self._rows(statement, params)]
 
-    async def save(self, jobs: list[Job]) -> list[Job]:
-        """Write these (locked) jobs back, to be announced with the commit."""
+    async def _insert(self, job: Job, resource_key: str | None, idempotency: Idempotency | None) -> JobEvent | None:
+        params = {
+            **_job_params(job),
+            "idempotency_key": idempotency.key if idempotency else None,
+            "request_hash": idempotency.request_hash if idempotency else None,
+            "resource_key": resource_key,
+        }
+        row = await self._row(q.INSERT_JOB, params)
+        return None if row is None else numbered([event_of(job)], [row["seq"]])[0]
+
+    async def _save(self, jobs: tuple[Job, ...]) -> list[JobEvent]:
+        """Write these (locked) jobs back with their events."""
         if len(jobs) == 1:
-            await self.cursor.execute(q.UPDATE_JOB, _job_params(jobs[0]))
-        elif jobs:
-            rows = [_job_params(job) for job in jobs]
-            columns = {name: [row[name] for row in rows] for name in q.UPDATE_JOBS_COLUMNS}
-            await self.cursor.execute(q.UPDATE_JOBS, columns)
-        if jobs:
-            self.changes.extend(JobChange(job.id, job) for job in jobs)
-        return jobs
+            rows = await self._rows(q.UPDATE_JOB, _job_params(jobs[0]))
+        else:
+            params = [_job_params(job) for job in jobs]
+            rows = await self._rows(q.UPDATE_JOBS, {name: [p[name] for p in params] for name in q.UPDATE_JOBS_COLUMNS})
+        seqs = {row["job_id"]: row["seq"] for row in rows}
+        return numbered([event_of(job) for job in jobs], [seqs[job.id] for job in jobs])
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -518,50 +405,43 @@ async def _schema_version(cursor: psycopg.AsyncCursor[DictRow]) -> int:
     return int(row["version"]) if row is not None else 0
 
 
-async def _replay(tx: _Transaction, owner: str, idempotency: Idempotency) -> Created | None:
-    row = await tx.row(q.SELECT_IDEMPOTENT_JOB, {"owner": owner, "key": idempotency.key})
-    if row is None:
-        return None
-    if row["request_hash"] != idempotency.request_hash:
-        raise IdempotencyMismatch(idempotency.key, row["id"])
-    return Created(_row_to_job(row), created=False, answer_status=row["answer_status"])
-
-
-def _holds(job: Job, worker: str) -> bool:
-    return job.state is JobState.RUNNING and job.lease_owner == worker
-
-
 # -- rows ------------------------------------------------------------------------------------------
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.astimezone(UTC)
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
 
 
-def _row_to_job(row: DictRow) -> Job:
-    error = None if row["error_code"] is None else JobError(row["error_code"], row["error_message"] or "")
-    values = {name: row[name] for name in JOB_FIELDS if name != "error"}
-    values.update({name: _utc(values[name]) for name in TIME_FIELDS})
-    return Job(**{**values, "state": JobState(row["state"]), "error": error})
-
-
-def _jsonb(value: Any) -> Jsonb | None:
+def _jsonb(value: Any) -> Jsonb:
     """JSON as the SQLite store writes it (orjson: NaN becomes null, like there)."""
-    return None if value is None else Jsonb(value, dumps=_dumps)
+    return Jsonb(value, dumps=_dumps)
 
 
 def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+    return json_text(value)
+
+
+CODEC = Codec(encoders={"json": _jsonb}, decoders={"time": _utc})
+
+
+def _row_to_job(row: DictRow) -> Job:
+    return CODEC.decode_named(row)
 
 
 def _job_params(job: Job) -> dict[str, Any]:
-    params = {name: getattr(job, name) for name in JOB_FIELDS}
-    params["state"] = job.state.value
-    params["result"] = _jsonb(job.result)
-    params["input"] = _jsonb(job.input)
-    params["error_code"] = job.error.code if job.error else None
-    params["error_message"] = job.error.message if job.error else None
-    return params
+    return dict(zip(NAMES, CODEC.encode(job), strict=True))
+
+
+def _idempotent_entry(row: DictRow) -> IdempotentEntry:
+    return IdempotentEntry(_row_to_job(row), row["request_hash"], row["answer_status"])
+
+
+def _row_to_event(row: DictRow) -> JobEvent:
+    error = None if row["error_code"] is None else JobError(row["error_code"], row["error_message"] or "")
+    return JobEvent(
+        row["seq"], row["job_id"], _utc(row["time"]), JobState(row["state"]), row["message"], row["progress"],
+        error, row["operation"], row["owner"],
+    )  # fmt: skip
 
 
 # -- options -----------------------------------------------------------------------------------------
@@ -585,9 +465,3 @@ def _conninfo(url: str, options: dict[str, str]) -> str:
         return make_conninfo("", **params)
     except psycopg.ProgrammingError as exc:
         raise InvalidStoreURL(f"bad PostgreSQL URL or option: {exc}") from None
-
-
-if TYPE_CHECKING:
-
-    def _is_a_store(store: PostgresStore) -> Store:
-        return store

@@ -13,6 +13,7 @@ from typing import Any
 from psycopg import sql
 
 from .base import JobQuery
+from .columns import COLUMNS, MUTABLE_COLUMNS, MUTABLE_NAMES, NAMES
 
 #: Channel of the ``pg_notify`` announcements (one per database).
 CHANNEL = "tarefa_jobs"
@@ -73,6 +74,25 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (kind, key)
     );
     """,
+    # 2: the jobs' histories (SPEC §10); a job migrated from version 1 starts with its current state.
+    """
+    CREATE TABLE tarefa_job_events (
+        seq           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        job_id        text COLLATE "C" NOT NULL,
+        time          timestamptz NOT NULL,
+        state         text NOT NULL,
+        message       text NOT NULL,
+        progress      integer,
+        error_code    text,
+        error_message text,
+        operation     text NOT NULL,
+        owner         text NOT NULL
+    );
+    CREATE INDEX tarefa_job_events_by_job ON tarefa_job_events (job_id, seq);
+    INSERT INTO tarefa_job_events (job_id, time, state, message, progress, error_code, error_message, operation, owner)
+        SELECT id, last_modified, state, message, progress, error_code, error_message, operation, owner
+        FROM tarefa_jobs ORDER BY last_modified, id;
+    """,
 ]
 
 # -- schema version -------------------------------------------------------------------------------
@@ -92,26 +112,25 @@ INSERT_VERSION = "INSERT INTO tarefa_schema_version (version) VALUES (%(version)
 
 # -- jobs -------------------------------------------------------------------------------------------
 
-_JOB_COLUMNS = """
-    id, operation, state, message, progress, create_time, start_time, end_time, last_modified,
-    result, error_code, error_message, resource, owner, input, cancel_requested, attempts,
-    max_attempts, lease_owner, lease_expires
-"""
+_JOB_COLUMNS = ", ".join(NAMES)
+_JOB_VALUES = ", ".join(f"%({name})s" for name in NAMES)
+#: The columns of a job's event, as read from the job's row.
+_EVENT_OF_JOB = "id, last_modified, state, message, progress, error_code, error_message, operation, owner"
+_EVENT_COLUMNS = "job_id, time, state, message, progress, error_code, error_message, operation, owner"
+_PG_TYPES = {"int": "integer", "bool": "boolean", "time": "timestamptz", "json": "jsonb"}
 
-_JOB_VALUES = """
-    %(id)s, %(operation)s, %(state)s, %(message)s, %(progress)s, %(create_time)s, %(start_time)s,
-    %(end_time)s, %(last_modified)s, %(result)s, %(error_code)s, %(error_message)s, %(resource)s,
-    %(owner)s, %(input)s, %(cancel_requested)s, %(attempts)s, %(max_attempts)s, %(lease_owner)s,
-    %(lease_expires)s
-"""
-
-# ON CONFLICT without a target covers both the idempotency key and the busy resource key: the
-# caller finds out which one from the empty result, without an error in the server's log.
+# ON CONFLICT without a target covers the id, the idempotency key and the busy resource key: the
+# caller finds out which one from the empty result, without an error in the server's log. The
+# job's first event is written by the same statement.
 INSERT_JOB = f"""
-    INSERT INTO tarefa_jobs ({_JOB_COLUMNS}, idempotency_key, request_hash, resource_key)
-    VALUES ({_JOB_VALUES}, %(idempotency_key)s, %(request_hash)s, %(resource_key)s)
-    ON CONFLICT DO NOTHING
-    RETURNING id
+    WITH inserted AS (
+        INSERT INTO tarefa_jobs ({_JOB_COLUMNS}, idempotency_key, request_hash, resource_key)
+        VALUES ({_JOB_VALUES}, %(idempotency_key)s, %(request_hash)s, %(resource_key)s)
+        ON CONFLICT DO NOTHING
+        RETURNING {_EVENT_OF_JOB}
+    )
+    INSERT INTO tarefa_job_events ({_EVENT_COLUMNS}) SELECT {_EVENT_OF_JOB} FROM inserted
+    RETURNING seq
 """
 
 
@@ -143,42 +162,40 @@ def list_jobs(query: JobQuery) -> tuple[sql.Composed, dict[str, Any]]:
     return statement, params
 
 
-UPDATE_JOB = """
-    UPDATE tarefa_jobs SET
-        state = %(state)s, message = %(message)s, progress = %(progress)s,
-        start_time = %(start_time)s, end_time = %(end_time)s, last_modified = %(last_modified)s,
-        result = %(result)s, error_code = %(error_code)s, error_message = %(error_message)s,
-        cancel_requested = %(cancel_requested)s, attempts = %(attempts)s,
-        lease_owner = %(lease_owner)s, lease_expires = %(lease_expires)s
-    WHERE id = %(id)s
+# A change and its event, in one statement.
+UPDATE_JOB = f"""
+    WITH changed AS (
+        UPDATE tarefa_jobs SET {", ".join(f"{name} = %({name})s" for name in MUTABLE_NAMES)}
+        WHERE id = %(id)s
+        RETURNING {_EVENT_OF_JOB}
+    )
+    INSERT INTO tarefa_job_events ({_EVENT_COLUMNS}) SELECT {_EVENT_OF_JOB} FROM changed
+    RETURNING job_id, seq
 """
 
 #: The columns :data:`UPDATE_JOBS` writes: each parameter is the list of one column's new values.
-UPDATE_JOBS_COLUMNS = (
-    "id", "state", "message", "progress", "start_time", "end_time", "last_modified", "result", "error_code",
-    "error_message", "cancel_requested", "attempts", "lease_owner", "lease_expires",
-)  # fmt: skip
+UPDATE_JOBS_COLUMNS = ("id", *(column.name for column in MUTABLE_COLUMNS))
 
 # Several jobs in one statement (a claim): UPDATE_JOB for each, one array per column.
-UPDATE_JOBS = """
-    UPDATE tarefa_jobs AS job SET
-        state = changed.state, message = changed.message, progress = changed.progress,
-        start_time = changed.start_time, end_time = changed.end_time,
-        last_modified = changed.last_modified, result = changed.result,
-        error_code = changed.error_code, error_message = changed.error_message,
-        cancel_requested = changed.cancel_requested, attempts = changed.attempts,
-        lease_owner = changed.lease_owner, lease_expires = changed.lease_expires
-    FROM unnest(
-        %(id)s::text[], %(state)s::text[], %(message)s::text[], %(progress)s::integer[],
-        %(start_time)s::timestamptz[], %(end_time)s::timestamptz[], %(last_modified)s::timestamptz[],
-        %(result)s::jsonb[], %(error_code)s::text[], %(error_message)s::text[],
-        %(cancel_requested)s::boolean[], %(attempts)s::integer[], %(lease_owner)s::text[],
-        %(lease_expires)s::timestamptz[]
-    ) AS changed (
-        id, state, message, progress, start_time, end_time, last_modified, result, error_code,
-        error_message, cancel_requested, attempts, lease_owner, lease_expires
+UPDATE_JOBS = f"""
+    WITH changed AS (
+        UPDATE tarefa_jobs AS job SET {", ".join(f"{name} = given.{name}" for name in MUTABLE_NAMES)}
+        FROM unnest({
+    ", ".join(
+        f"%({column.name})s::{_PG_TYPES.get(column.field.kind, 'text')}[]" for column in (COLUMNS[0], *MUTABLE_COLUMNS)
     )
-    WHERE job.id = changed.id
+}) AS given ({", ".join(UPDATE_JOBS_COLUMNS)})
+        WHERE job.id = given.id
+        RETURNING job.id, job.last_modified, job.state, job.message, job.progress, job.error_code,
+            job.error_message, job.operation, job.owner
+    )
+    INSERT INTO tarefa_job_events ({_EVENT_COLUMNS}) SELECT {_EVENT_OF_JOB} FROM changed
+    RETURNING job_id, seq
+"""
+
+SELECT_EVENTS = f"""
+    SELECT seq, {_EVENT_COLUMNS} FROM tarefa_job_events
+    WHERE job_id = %(id)s AND seq > %(after)s ORDER BY seq LIMIT %(limit)s
 """
 
 SELECT_JOB = """
@@ -231,7 +248,8 @@ SELECT_LOST_JOBS = """
 """
 
 DELETE_JOB = """
-    WITH gone AS (DELETE FROM tarefa_jobs WHERE id = %(id)s RETURNING id)
+    WITH gone AS (DELETE FROM tarefa_jobs WHERE id = %(id)s RETURNING id),
+        history AS (DELETE FROM tarefa_job_events WHERE job_id IN (SELECT id FROM gone))
     INSERT INTO tarefa_deleted_jobs (id, deleted_at) SELECT id, %(now)s FROM gone
     ON CONFLICT (id) DO UPDATE SET deleted_at = excluded.deleted_at
 """
@@ -246,7 +264,8 @@ PURGE_JOBS = """
             FOR UPDATE SKIP LOCKED
         )
         RETURNING id
-    )
+    ),
+        history AS (DELETE FROM tarefa_job_events WHERE job_id IN (SELECT id FROM gone))
     INSERT INTO tarefa_deleted_jobs (id, deleted_at) SELECT id, %(now)s FROM gone
     ON CONFLICT (id) DO UPDATE SET deleted_at = excluded.deleted_at
     RETURNING id
@@ -292,20 +311,20 @@ def announce_and_commit(payloads: list[str], *, lift_lock_timeout: bool) -> sql.
     return sql.SQL("; ").join([*statements, sql.SQL("COMMIT")])
 
 
-# -- resources --------------------------------------------------------------------------------------
+# -- documents --------------------------------------------------------------------------------------
 
-PUT_RESOURCE = """
+PUT_DOCUMENT = """
     INSERT INTO tarefa_resources (kind, key, data) VALUES (%(kind)s, %(key)s, %(data)s)
     ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data
 """
 
-ADD_RESOURCE = """
+ADD_DOCUMENT = """
     INSERT INTO tarefa_resources (kind, key, data) VALUES (%(kind)s, %(key)s, %(data)s)
     ON CONFLICT (kind, key) DO NOTHING
 """
 
-GET_RESOURCE = "SELECT data FROM tarefa_resources WHERE kind = %(kind)s AND key = %(key)s"
+GET_DOCUMENT = "SELECT data FROM tarefa_resources WHERE kind = %(kind)s AND key = %(key)s"
 
-LIST_RESOURCES = "SELECT data FROM tarefa_resources WHERE kind = %(kind)s ORDER BY key"
+LIST_DOCUMENTS = "SELECT data FROM tarefa_resources WHERE kind = %(kind)s ORDER BY key"
 
-DELETE_RESOURCE = "DELETE FROM tarefa_resources WHERE kind = %(kind)s AND key = %(key)s"
+DELETE_DOCUMENT = "DELETE FROM tarefa_resources WHERE kind = %(kind)s AND key = %(key)s"

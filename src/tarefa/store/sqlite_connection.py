@@ -129,13 +129,15 @@ class ConnectionThread(threading.Thread):
         return outcomes, changes
 
     def _finish(self, calls: list[_Call[Any]], outcomes: list[tuple[bool, Any]], changes: list[JobChange]) -> None:
-        if changes:
-            self._deliver_changes(changes)
-        for item, (ok, value) in zip(calls, outcomes, strict=True):
-            if ok:
-                _set_result(item.future, value)
-            else:
-                _set_exception(item.future, value)
+        try:
+            if changes:
+                self._deliver_changes(changes)
+        finally:  # whatever a listener does, every caller gets its answer
+            for item, (ok, value) in zip(calls, outcomes, strict=True):
+                if ok:
+                    _set_result(item.future, value)
+                else:
+                    _set_exception(item.future, value)
 
 
 def _run(conn: sqlite3.Connection, work: Work[Any], changes: list[JobChange]) -> tuple[bool, Any]:

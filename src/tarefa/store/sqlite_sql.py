@@ -5,6 +5,8 @@ Timestamps are integers (microseconds since the Unix epoch, UTC); JSON values ar
 
 from __future__ import annotations
 
+from .columns import MUTABLE_NAMES, NAMES
+
 #: One script per schema version; ``PRAGMA user_version`` records how many have been applied.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -50,13 +52,28 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (kind, key)
     ) WITHOUT ROWID;
     """,
+    # 2: the jobs' histories (SPEC §10); a job migrated from version 1 starts with its current state.
+    """
+    CREATE TABLE job_events (
+        seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id        TEXT NOT NULL,
+        time          INTEGER NOT NULL,
+        state         TEXT NOT NULL,
+        message       TEXT NOT NULL,
+        progress      INTEGER,
+        error_code    TEXT,
+        error_message TEXT,
+        operation     TEXT NOT NULL,
+        owner         TEXT NOT NULL
+    );
+    CREATE INDEX job_events_by_job ON job_events (job_id, seq);
+    INSERT INTO job_events (job_id, time, state, message, progress, error_code, error_message, operation, owner)
+        SELECT id, last_modified, state, message, progress, error_code, error_message, operation, owner
+        FROM jobs ORDER BY last_modified, id;
+    """,
 )
 
-JOB_COLUMNS = (
-    "id, operation, state, message, progress, create_time, start_time, end_time, last_modified, "
-    "result, error_code, error_message, resource, owner, input, cancel_requested, attempts, "
-    "max_attempts, lease_owner, lease_expires"
-)
+JOB_COLUMNS = ", ".join(NAMES)
 
 SELECT_JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
 
@@ -66,17 +83,24 @@ SELECT_BY_IDEMPOTENCY = (
 
 SELECT_RESOURCE_HOLDER = "SELECT id FROM jobs WHERE resource_key = ? AND state IN ('queued', 'running')"
 
+# Without a conflict target, DO NOTHING covers the id, the idempotency key and the busy resource
+# key: the caller learns which one from the lookups that follow.
 INSERT_JOB = f"""
     INSERT INTO jobs ({JOB_COLUMNS}, resource_key, idempotency_key, request_hash)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    VALUES ({", ".join("?" * (len(NAMES) + 3))})
+    ON CONFLICT DO NOTHING
 """
 
-UPDATE_JOB = """
-    UPDATE jobs SET state = ?, message = ?, progress = ?, start_time = ?, end_time = ?,
-        last_modified = ?, result = ?, error_code = ?, error_message = ?, cancel_requested = ?,
-        attempts = ?, lease_owner = ?, lease_expires = ?
-    WHERE id = ?
+UPDATE_JOB = f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in MUTABLE_NAMES)} WHERE id = ?"
+
+EVENT_COLUMNS = "seq, job_id, time, state, message, progress, error_code, error_message, operation, owner"
+
+INSERT_EVENT = """
+    INSERT INTO job_events (job_id, time, state, message, progress, error_code, error_message, operation, owner)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+
+SELECT_EVENTS = f"SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 
 UPDATE_ANSWER_STATUS = "UPDATE jobs SET answer_status = ? WHERE id = ?"
 
@@ -86,13 +110,14 @@ SELECT_QUEUED = f"""
     ORDER BY create_time, id LIMIT ?
 """
 
-SELECT_RUNNING = f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running'"
+SELECT_RUNNING = f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running' ORDER BY id"
 
-SELECT_EXPIRED = f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running' AND lease_expires < ?"
+SELECT_EXPIRED = f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running' AND lease_expires < ? ORDER BY id"
 
 SELECT_HELD = f"""
     SELECT {JOB_COLUMNS} FROM jobs
     WHERE state = 'running' AND lease_owner = ? AND id IN (SELECT value FROM json_each(?))
+    ORDER BY id
 """
 
 RENEW_LEASES = """
@@ -103,13 +128,20 @@ RENEW_LEASES = """
 
 DELETE_JOB = "DELETE FROM jobs WHERE id = ?"
 
-PURGE_JOBS = "DELETE FROM jobs WHERE state IN ('success', 'failure') AND end_time < ? RETURNING id"
+DELETE_EVENTS = "DELETE FROM job_events WHERE job_id IN (SELECT value FROM json_each(?))"
 
-PUT_RESOURCE = "INSERT OR REPLACE INTO resources (kind, key, data) VALUES (?, ?, ?)"
-PUT_RESOURCE_IF_ABSENT = "INSERT OR IGNORE INTO resources (kind, key, data) VALUES (?, ?, ?)"
-GET_RESOURCE = "SELECT data FROM resources WHERE kind = ? AND key = ?"
-LIST_RESOURCES = "SELECT data FROM resources WHERE kind = ? ORDER BY key"
-DELETE_RESOURCE = "DELETE FROM resources WHERE kind = ? AND key = ?"
+PURGE_JOBS = """
+    DELETE FROM jobs WHERE id IN (
+        SELECT id FROM jobs WHERE state IN ('success', 'failure') AND end_time < ? LIMIT ?
+    )
+    RETURNING id
+"""
+
+PUT_DOCUMENT = "INSERT OR REPLACE INTO resources (kind, key, data) VALUES (?, ?, ?)"
+PUT_DOCUMENT_IF_ABSENT = "INSERT OR IGNORE INTO resources (kind, key, data) VALUES (?, ?, ?)"
+GET_DOCUMENT = "SELECT data FROM resources WHERE kind = ? AND key = ?"
+LIST_DOCUMENTS = "SELECT data FROM resources WHERE kind = ? ORDER BY key"
+DELETE_DOCUMENT = "DELETE FROM resources WHERE kind = ? AND key = ?"
 
 
 def list_jobs_sql(

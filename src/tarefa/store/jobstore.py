@@ -1,0 +1,330 @@
+"""The store seam: :class:`JobStore`, the job rules written once over each backend's steps.
+
+A store keeps jobs durably and announces every committed change to its listeners. Each rule —
+load, check, apply a pure transition of :mod:`tarefa.model`, save, announce — is a program of
+primitive steps (:mod:`tarefa.store.steps`); a backend (one module each, chosen by URL scheme in
+:func:`tarefa.store.open_store`) runs a program in one transaction and does each step its own way.
+
+What every backend promises (the contract suite in ``tests/integration/test_store_contract.py``
+checks each one):
+
+- a write method returns only after its transaction has committed (durably, but for the memory
+  store); every visible change is saved with an event of the job's history, in the same
+  transaction;
+- after each commit, every listener is called **on the event loop thread** with the
+  :class:`~tarefa.store.JobChange` values of that commit (deleted jobs carry ``job=None``); a
+  listener that raises is logged and neither blocks nor loses a write; for a store shared by
+  several processes (PostgreSQL), every process's listeners hear every change;
+- driver exceptions never escape: they become :class:`~tarefa.store.StoreError` (or a subclass).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from .. import model
+from ..model import Job, JobEvent, JobState
+from .base import (
+    ChangeListener,
+    Created,
+    Idempotency,
+    IdempotencyMismatch,
+    JobAlreadyTerminal,
+    JobNotTerminal,
+    JobQuery,
+    Listeners,
+    Outcome,
+    ResourceBusy,
+    StoreError,
+    apply_outcome,
+)
+from .documents import Documents
+from .steps import (
+    DeleteJob,
+    InsertJob,
+    ListEvents,
+    ListJobs,
+    LoadHeld,
+    LoadIdempotent,
+    LoadJob,
+    LoadLost,
+    LoadQueued,
+    LoadResourceHolder,
+    Program,
+    PurgeJobs,
+    RenewLeases,
+    SaveJobs,
+    SetAnswerStatus,
+)
+
+T = TypeVar("T")
+#: Jobs deleted per transaction by :meth:`JobStore.purge_jobs`.
+PURGE_BATCH = 1000
+_CREATE_ATTEMPTS = 5
+
+
+class JobStore(ABC):
+    """The seam between the engine and a database (module doc). All methods are coroutines."""
+
+    #: True when this store is used by one process only (embedded SQLite, memory): at start,
+    #: every job still ``running`` was left by a crashed process and is recovered at once.
+    exclusive: bool = False
+
+    def __init__(self) -> None:
+        self._listeners = Listeners()
+
+    # -- what a backend provides ----------------------------------------------------------------
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect, apply schema migrations, and get ready. Idempotent."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and release connections."""
+
+    @abstractmethod
+    async def upgrade(self) -> int:
+        """Apply the schema migrations (``tarefa db upgrade``); returns the schema version."""
+
+    @abstractmethod
+    async def _write(self, program: Callable[[], Program[T]]) -> T:
+        """Run the program ``program()`` makes in one transaction; once committed, announce its
+        changes (:meth:`_emit`) and return its value. If it raises, nothing of it is kept. A
+        backend may run it again (a new program each time) when a transaction must be retried."""
+
+    @abstractmethod
+    async def _read(self, program: Callable[[], Program[T]]) -> T:
+        """Run a program of reads."""
+
+    @property
+    @abstractmethod
+    def documents(self) -> Documents:
+        """The application's records kept beside the jobs (:mod:`tarefa.store.documents`)."""
+
+    # -- listeners --------------------------------------------------------------------------------
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        """Call ``listener`` on the event loop with every committed change (module doc)."""
+        self._listeners.add(listener)
+
+    def _emit(self, changes: Any) -> None:
+        self._listeners.emit(changes)
+
+    # -- creating ---------------------------------------------------------------------------------
+
+    async def create_job(
+        self, job: Job, *, idempotency: Idempotency | None = None, resource_key: str | None = None
+    ) -> Created:
+        """Insert a ``queued`` job durably, atomically with its checks.
+
+        - idempotency given and ``(job.owner, key)`` seen before: same ``request_hash`` →
+          ``Created(existing, created=False, answer_status=...)``; other hash →
+          :class:`IdempotencyMismatch`. Nothing is inserted.
+        - resource_key given and held by a non-terminal job → :class:`ResourceBusy`.
+        """
+        return await self._write(lambda: _create(job, idempotency, resource_key))
+
+    async def replay_idempotent(self, owner: str, idempotency: Idempotency) -> Created | None:
+        """The job first created with this key by ``owner`` (``Created(job, created=False,
+        answer_status=...)``), None if the key is new; :class:`IdempotencyMismatch` if the key
+        came with another request. Lets an endpoint replay before it validates again."""
+        return await self._read(lambda: _replay(owner, idempotency))
+
+    async def set_answer_status(self, job_id: str, status: int) -> None:
+        """Record the status code of the first answer (200 when ``return_timeout`` saw it end)."""
+        await self._write(lambda: _one(SetAnswerStatus(job_id, status)))
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str, owner: str | None = None) -> Job | None:
+        """The job, or None if unknown or not owned by ``owner`` (None: any owner)."""
+        job: Job | None = await self._read(lambda: _one(LoadJob(job_id, owner)))
+        return job
+
+    async def list_jobs(self, query: JobQuery) -> list[Job]:
+        """Up to ``query.limit`` jobs in order, strictly after ``query.after`` (keyset paging,
+        ties on the order value broken by id in the same direction)."""
+        jobs: list[Job] = await self._read(lambda: _one(ListJobs(query)))
+        return jobs
+
+    async def list_events(
+        self, job_id: str, *, owner: str | None = None, after: int = 0, limit: int = 100
+    ) -> list[JobEvent] | None:
+        """The job's history, oldest first: up to ``limit`` events with ``seq > after``; None if
+        the job is unknown or not owned by ``owner``."""
+        return await self._read(lambda: _history(job_id, owner, after, limit))
+
+    # -- running ----------------------------------------------------------------------------------
+
+    async def claim_jobs(
+        self, worker: str, *, operations: Collection[str], limit: int, lease_seconds: float
+    ) -> list[Job]:
+        """Move up to ``limit`` queued jobs of these operations to ``running`` under ``worker``'s
+        lease, oldest first. No job is ever claimed by two workers."""
+        if not operations or limit <= 0:
+            return []
+        return await self._write(lambda: _claim(worker, tuple(operations), limit, lease_seconds))
+
+    async def report_progress(
+        self, job_id: str, worker: str, *, message: str | None, progress: int | None
+    ) -> Job | None:
+        """A visible change on a running job held by ``worker``; None if it no longer holds it."""
+        return await self._write(
+            lambda: _change_held(
+                job_id, worker, lambda job: model.report(job, now=model.utcnow(), message=message, progress=progress)
+            )
+        )
+
+    async def finish_job(self, job_id: str, worker: str, outcome: Outcome) -> Job | None:
+        """running → success/failure; None if ``worker`` no longer holds the job."""
+        return await self._write(
+            lambda: _change_held(job_id, worker, lambda job: apply_outcome(job, outcome, now=model.utcnow()))
+        )
+
+    async def renew_leases(self, worker: str, job_ids: Collection[str], lease_seconds: float) -> set[str]:
+        """Extend the leases ``worker`` still holds; returns the ids it still holds."""
+        if not job_ids:
+            return set()
+        expires = model.utcnow() + timedelta(seconds=lease_seconds)
+        held: set[str] = await self._write(lambda: _one(RenewLeases(worker, tuple(job_ids), expires)))
+        return held
+
+    async def release_jobs(self, worker: str, job_ids: Collection[str]) -> list[Job]:
+        """Graceful stop: apply :func:`tarefa.model.lose` at once to these jobs held by ``worker``."""
+        if not job_ids:
+            return []
+        return await self._write(lambda: _lose(LoadHeld(worker, tuple(sorted(job_ids)))))
+
+    async def recover_jobs(self, *, expired_only: bool = True) -> list[Job]:
+        """Apply :func:`tarefa.model.lose` to running jobs whose lease has expired (or to every
+        running job when ``expired_only`` is False). Returns the changed jobs."""
+        return await self._write(lambda: _recover(expired_only))
+
+    # -- changing ---------------------------------------------------------------------------------
+
+    async def cancel_job(self, job_id: str, owner: str | None = None) -> Job | None:
+        """:func:`tarefa.model.request_cancel`; None if unknown; :class:`JobAlreadyTerminal`."""
+        return await self._write(lambda: _cancel(job_id, owner))
+
+    async def delete_job(self, job_id: str, owner: str | None = None) -> bool:
+        """Delete a terminal job and its history; False if unknown; :class:`JobNotTerminal`."""
+        return await self._write(lambda: _delete(job_id, owner))
+
+    async def purge_jobs(self, ended_before: datetime) -> int:
+        """Delete terminal jobs that ended before the instant, in batches; returns how many."""
+        purged = 0
+        while True:
+            ids: list[str] = await self._write(lambda: _one(PurgeJobs(ended_before, PURGE_BATCH)))
+            purged += len(ids)
+            if len(ids) < PURGE_BATCH:
+                return purged
+
+
+# -- the rules ------------------------------------------------------------------------------------
+
+
+def _one(step: Any) -> Program[Any]:
+    """A program of one step."""
+    return (yield step)
+
+
+def _create(job: Job, idempotency: Idempotency | None, resource_key: str | None) -> Program[Created]:
+    # Each step sees the latest commits, so a conflict found by the insert is visible to the
+    # lookups that follow; a conflicting job that ended meanwhile means: try again.
+    for _ in range(_CREATE_ATTEMPTS):
+        if idempotency is not None:
+            replay = yield from _replay(job.owner, idempotency)
+            if replay is not None:
+                return replay
+        if (yield InsertJob(job, resource_key, idempotency)) is not None:
+            return Created(job, created=True)
+        if resource_key is not None:
+            holder = yield LoadResourceHolder(resource_key)
+            if holder is not None:
+                raise ResourceBusy(resource_key, holder)
+    raise StoreError(f"could not insert job {job.id}: a job with this id exists")
+
+
+def _replay(owner: str, idempotency: Idempotency) -> Program[Created | None]:
+    entry = yield LoadIdempotent(owner, idempotency.key)
+    if entry is None:
+        return None
+    if entry.request_hash != idempotency.request_hash:
+        raise IdempotencyMismatch(idempotency.key, entry.job.id)
+    return Created(entry.job, created=False, answer_status=entry.answer_status)
+
+
+def _history(job_id: str, owner: str | None, after: int, limit: int) -> Program[list[JobEvent] | None]:
+    if (yield LoadJob(job_id, owner)) is None:
+        return None
+    events: list[JobEvent] = yield ListEvents(job_id, after, limit)
+    return events
+
+
+def _claim(worker: str, operations: tuple[str, ...], limit: int, lease_seconds: float) -> Program[list[Job]]:
+    queued: list[Job] = yield LoadQueued(operations, limit)
+    now = model.utcnow()
+    expires = now + timedelta(seconds=lease_seconds)
+    started = [model.start(job, now=now, worker=worker, lease_expires=expires) for job in queued]
+    if started:
+        yield SaveJobs(tuple(started))
+    return started
+
+
+def holds(job: Job, worker: str) -> bool:
+    """True while ``worker`` holds the lease of the running job."""
+    return job.state is JobState.RUNNING and job.lease_owner == worker
+
+
+def _change_held(job_id: str, worker: str, transition: Callable[[Job], Job]) -> Program[Job | None]:
+    job = yield LoadJob(job_id)
+    if job is None or not holds(job, worker):
+        return None
+    return (yield from _save(job, transition(job)))
+
+
+def _save(job: Job, changed: Job) -> Program[Job]:
+    """Save ``changed`` (a transition of ``job``) unless the transition changed nothing."""
+    if changed is not job:
+        yield SaveJobs((changed,))
+    return changed
+
+
+def _lose(load: LoadHeld | LoadLost) -> Program[list[Job]]:
+    running: list[Job] = yield load
+    now = model.utcnow()
+    lost = [model.lose(job, now=now) for job in running]
+    if lost:
+        yield SaveJobs(tuple(lost))
+    return lost
+
+
+def _recover(expired_only: bool) -> Program[list[Job]]:
+    return (yield from _lose(LoadLost(model.utcnow() if expired_only else None)))
+
+
+def _cancel(job_id: str, owner: str | None) -> Program[Job | None]:
+    job = yield LoadJob(job_id, owner)
+    if job is None:
+        return None
+    if job.is_terminal:
+        raise JobAlreadyTerminal(job)
+    return (yield from _save(job, model.request_cancel(job, now=model.utcnow())))
+
+
+def _delete(job_id: str, owner: str | None) -> Program[bool]:
+    job = yield LoadJob(job_id, owner)
+    if job is None:
+        return False
+    if not job.is_terminal:
+        raise JobNotTerminal(job)
+    yield DeleteJob(job_id)
+    return True
+
+
+#: The name applications and older code know the seam by.
+Store = JobStore

@@ -20,9 +20,9 @@ Declare operations, mount the job routes, and make endpoints asynchronous::
         return await call.start("report.build", body)
 """
 
-from .engine import Tarefa
 from .http import ApiError, AsyncCall, JobStarter, asynchronous
 from .http.docs import serve_api_docs
+from .http.mount import Tarefa
 from .model import Job, JobError, JobState
 from .operations import JobCancelled, JobContext, OperationError, ThreadJobContext
 

@@ -1,4 +1,8 @@
-"""``Tarefa``: the job layer of one application — its operations, store, runner and routes."""
+"""The engine: the job layer of one application — its operations, store, runner and the
+application layer (:class:`~tarefa.jobs.Jobs`) — with no web framework in it.
+
+:class:`tarefa.Tarefa` (in :mod:`tarefa.http.mount`) is this engine plus the HTTP routes.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,14 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
-from fastapi import FastAPI, Request
-
 from . import model
-from .http.errors import RequestIdMiddleware, install_error_handlers
-from .http.openapi import document_error_bodies
-from .http.routes import job_routes
-from .model import Job
-from .operations import OperationRegistry, dump_input
+from .jobs import Jobs
+from .operations import OperationRegistry
 from .runner import Runner
-from .store import Created, Idempotency, Store, StoreError, open_store
+from .store import DocumentKind, JobStore, StoreError, open_store
 from .waiting import ChangeHub
 
 log = logging.getLogger("tarefa")
@@ -27,16 +26,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_STORE = "sqlite:///./tarefa.db"
 
 
-class Tarefa:
+class Engine:
     """The asynchronous job layer of an application.
 
-    ``store`` is a URL (default: ``$TAREFA_STORE`` or ``sqlite:///./tarefa.db``) or a Store;
-    ``workers`` is how many jobs this process runs at once (0: serve the API only).
+    ``store`` is a URL (default: ``$TAREFA_STORE`` or ``sqlite:///./tarefa.db``; ``memory://``
+    for a store in memory) or a store; ``workers`` is how many jobs this process runs at once
+    (0: serve the API only). :attr:`jobs` is the application layer: every use of a job.
     """
 
     def __init__(
         self,
-        store: str | Store | None = None,
+        store: str | JobStore | None = None,
         *,
         workers: int = 4,
         lease_seconds: float = 30.0,
@@ -52,8 +52,9 @@ class Tarefa:
         self.retry_after = retry_after
         self.jobs_href = "/api/jobs"
         self.hub = ChangeHub()
-        self._store_spec: str | Store = store or os.environ.get("TAREFA_STORE") or DEFAULT_STORE
-        self._store: Store | None = None
+        self._store_spec: str | JobStore = store or os.environ.get("TAREFA_STORE") or DEFAULT_STORE
+        self._store: JobStore | None = None
+        self.jobs = Jobs(lambda: self.store, self.operations, self.hub)
         self._runner: Runner | None = None
         self._background: list[asyncio.Task[None]] = []
 
@@ -71,28 +72,10 @@ class Tarefa:
 
         return register
 
-    def mount(self, app: FastAPI, prefix: str = "/api") -> None:
-        """Add the job routes at ``{prefix}/jobs``, the SPEC error bodies, the ``request-id``
-        header, and start/stop the job layer with the app's lifespan."""
-        self.jobs_href = f"{prefix.rstrip('/')}/jobs"
-        app.state.tarefa = self
-        app.include_router(job_routes(self), prefix=self.jobs_href)
-        install_error_handlers(app)
-        document_error_bodies(app)
-        app.add_middleware(RequestIdMiddleware)
-        original = app.router.lifespan_context
-
-        @contextlib.asynccontextmanager
-        async def lifespan(application: Any) -> AsyncIterator[Any]:
-            async with self.running(), original(application) as state:
-                yield state
-
-        app.router.lifespan_context = lifespan
-
     def configure(
         self,
         *,
-        store: str | Store | None = None,
+        store: str | JobStore | None = None,
         workers: int | None = None,
         grace_seconds: float | None = None,
         lease_seconds: float | None = None,
@@ -112,7 +95,7 @@ class Tarefa:
     # -- life cycle ---------------------------------------------------------------------------
 
     @property
-    def store(self) -> Store:
+    def store(self) -> JobStore:
         if self._store is None:
             raise RuntimeError("the job layer is not started (start() or the app's lifespan starts it)")
         return self._store
@@ -121,7 +104,7 @@ class Tarefa:
     def runner(self) -> Runner | None:
         return self._runner
 
-    def build_store(self) -> Store:
+    def build_store(self) -> JobStore:
         """The configured store, not yet opened."""
         spec = self._store_spec
         return open_store(spec) if isinstance(spec, str) else spec
@@ -155,7 +138,7 @@ class Tarefa:
         self._store = self._runner = None
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[Tarefa]:
+    async def running(self) -> AsyncIterator[Engine]:
         """``async with tarefa.running():`` — started inside, stopped gracefully after."""
         await self.start()
         try:
@@ -173,57 +156,9 @@ class Tarefa:
                 log.warning("cannot purge old jobs: %s", exc)
             await asyncio.sleep(min(3600.0, max(1.0, self.retention.total_seconds() / 100)))
 
-    # -- jobs ---------------------------------------------------------------------------------
+    # -- the application's records -------------------------------------------------------------
 
-    async def submit(
-        self,
-        operation: str,
-        input: Any = None,
-        *,
-        owner: str = "",
-        resource: str | None = None,
-        resource_key: str | None = None,
-        idempotency: Idempotency | None = None,
-    ) -> Created:
-        """Store a queued job of ``operation`` durably (the core of every asynchronous call)."""
-        declared = self.operations.get(operation)
-        if declared is None:
-            raise ValueError(f"unknown operation {operation!r}: declare it with @tarefa.operation({operation!r})")
-        job = model.new_job(
-            operation,
-            now=model.utcnow(),
-            input=dump_input(input),
-            owner=owner,
-            resource=resource,
-            max_attempts=declared.max_attempts,
-        )
-        return await self.store.create_job(job, idempotency=idempotency, resource_key=resource_key)
-
-    async def wait_for_change(
-        self, job_id: str, owner: str | None, *, baseline: datetime | None, timeout: float
-    ) -> Job | None:
-        """A long poll (SPEC §3): the job once it changed after ``baseline``, or after ``timeout``."""
-        return await self.hub.wait_for_change(
-            job_id, lambda: self.store.get_job(job_id, owner), baseline=baseline, timeout=timeout
-        )
-
-    async def wait_until_terminal(self, job: Job, timeout: float) -> Job:
-        """The job once it has ended, or as it is after ``timeout`` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not job.is_terminal and (remaining := deadline - loop.time()) > 0:
-            changed = await self.wait_for_change(job.id, None, baseline=job.last_modified, timeout=remaining)
-            if changed is None or changed.last_modified == job.last_modified:
-                break
-            job = changed
-        return job
-
-    # -- users (SPEC §7 comes later: until then every job belongs to the anonymous user) ---------
-
-    def owner_of(self, request: Request) -> str:
-        """The user a new job belongs to."""
-        return ""
-
-    def visible_owner(self, request: Request) -> str | None:
-        """Whose jobs the caller may see (None: all)."""
-        return None
+    def documents(self, kind: str) -> DocumentKind:
+        """The application's documents of ``kind``, kept in the job store (started engine only):
+        ``await tarefa.documents("host").get("esx-01")``."""
+        return DocumentKind(self.store.documents, kind)

@@ -12,7 +12,7 @@ import dataclasses
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -46,16 +46,15 @@ class JobError:
     message: str
 
 
-def _field(kind: str, *, wire: str | None = "always", doc: str = "", mutable: bool = True, **options: Any) -> Any:
-    """One Job field and how every layer treats it (see :data:`FIELDS`).
+def _spec(kind: str, *, wire: str | None = "always", doc: str = "", mutable: bool = True) -> dict[str, Any]:
+    """What every layer needs to know of one Job field (see :data:`FIELDS`).
 
     ``kind`` says how it is stored and written (text, int, bool, state, time, json, error, href);
     ``wire`` when it is sent to clients: ``always``, ``if_set`` (left out when None),
     ``on_success`` (only on a successful job) or None (internal, never sent); ``mutable`` False
     for the fields fixed when the job is created.
     """
-    metadata = {"kind": kind, "wire": wire, "doc": doc, "mutable": mutable}
-    return dataclasses.field(metadata=metadata, **options)
+    return {"kind": kind, "wire": wire, "doc": doc, "mutable": mutable}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,28 +63,29 @@ class Job:
     columns, the wire format, the OpenAPI schema and the notification payloads are derived from
     it (:data:`FIELDS`). A new field costs this class, a migration, and the code that sets it."""
 
-    id: str = _field("text", doc="opaque, unguessable, URL-safe", mutable=False)
-    operation: str = _field("text", doc="the registered operation, e.g. cluster.deploy", mutable=False)
-    state: JobState = _field("state", doc="queued, running, success or failure")
-    message: str = _field("text", doc="the latest human-readable status line")
-    progress: int | None = _field("int", doc="0..100 when the operation reports it")
-    create_time: datetime = _field("time", doc="RFC 3339, UTC, microseconds, Z", mutable=False)
-    start_time: datetime | None = _field("time", doc="when it started running")
-    end_time: datetime | None = _field("time", doc="when it ended")
-    last_modified: datetime = _field("time", doc="changes on every visible change; strictly increasing")
-    result: Any = _field("json", wire="on_success", doc="only on success", default=None)
-    error: JobError | None = _field("error", wire="if_set", doc="only on failure", default=None)
-    resource: str | None = _field(
-        "href", wire="if_set", doc="the resource the job creates or changes", mutable=False, default=None
+    id: str = field(metadata=_spec("text", doc="opaque, unguessable, URL-safe", mutable=False))
+    operation: str = field(metadata=_spec("text", doc="the registered operation, e.g. cluster.deploy", mutable=False))
+    state: JobState = field(metadata=_spec("state", doc="queued, running, success or failure"))
+    message: str = field(metadata=_spec("text", doc="the latest human-readable status line"))
+    progress: int | None = field(metadata=_spec("int", doc="0..100 when the operation reports it"))
+    create_time: datetime = field(metadata=_spec("time", doc="RFC 3339, UTC, microseconds, Z", mutable=False))
+    start_time: datetime | None = field(metadata=_spec("time", doc="when it started running"))
+    end_time: datetime | None = field(metadata=_spec("time", doc="when it ended"))
+    last_modified: datetime = field(metadata=_spec("time", doc="changes on every visible change; strictly increasing"))
+    result: Any = field(default=None, metadata=_spec("json", wire="on_success", doc="only on success"))
+    error: JobError | None = field(default=None, metadata=_spec("error", wire="if_set", doc="only on failure"))
+    resource: str | None = field(
+        default=None,
+        metadata=_spec("href", wire="if_set", doc="the resource the job creates or changes", mutable=False),
     )
     # internal
-    owner: str = _field("text", wire=None, mutable=False, default="")
-    input: Any = _field("json", wire=None, mutable=False, default=None)
-    cancel_requested: bool = _field("bool", wire=None, default=False)
-    attempts: int = _field("int", wire=None, default=0)
-    max_attempts: int = _field("int", wire=None, mutable=False, default=1)
-    lease_owner: str | None = _field("text", wire=None, default=None)
-    lease_expires: datetime | None = _field("time", wire=None, default=None)
+    owner: str = field(default="", metadata=_spec("text", wire=None, mutable=False))
+    input: Any = field(default=None, metadata=_spec("json", wire=None, mutable=False))
+    cancel_requested: bool = field(default=False, metadata=_spec("bool", wire=None))
+    attempts: int = field(default=0, metadata=_spec("int", wire=None))
+    max_attempts: int = field(default=1, metadata=_spec("int", wire=None, mutable=False))
+    lease_owner: str | None = field(default=None, metadata=_spec("text", wire=None))
+    lease_expires: datetime | None = field(default=None, metadata=_spec("time", wire=None))
 
     @property
     def is_terminal(self) -> bool:
@@ -94,7 +94,7 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class FieldInfo:
-    """What :func:`_field` says of one Job field."""
+    """What :func:`_spec` says of one Job field."""
 
     name: str
     kind: str

@@ -18,7 +18,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from .engine import Tarefa
+from .http.mount import Tarefa
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

@@ -10,7 +10,7 @@ from typing import Annotated, NoReturn, Optional
 import typer
 from fastapi import FastAPI
 
-from ..engine import Tarefa
+from ..http.mount import Tarefa
 from ..serving import LOG_FORMAT, is_loopback, load_app, run, tarefa_of
 from ..store import StoreError, open_store
 

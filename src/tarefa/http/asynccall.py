@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Depends, Header, Query, Request
 from starlette.responses import Response
 
+from ..jobs import Viewer
 from ..model import Job
 from ..store import Idempotency, IdempotencyMismatch, ResourceBusy, StoreError
+from .access import viewer_of
 from .errors import ApiError
 from .wire import ErrorBody, JobEnvelope, job_headers, job_to_wire, json_response
 
 if TYPE_CHECKING:
-    from ..engine import Tarefa
+    from .mount import Tarefa
 
 log = logging.getLogger("tarefa.http")
 
@@ -34,9 +36,9 @@ log = logging.getLogger("tarefa.http")
 class JobStarter:
     """Starts the job of one asynchronous request; get it by annotating a parameter ``AsyncCall``."""
 
-    def __init__(self, engine: Tarefa, request: Request, return_timeout: int, idempotency: Idempotency | None) -> None:
+    def __init__(self, engine: Tarefa, viewer: Viewer, return_timeout: int, idempotency: Idempotency | None) -> None:
         self.engine = engine
-        self.request = request
+        self.viewer = viewer
         self.return_timeout = return_timeout
         self.idempotency = idempotency
 
@@ -53,25 +55,17 @@ class JobStarter:
         ``resource`` is the href of what the job creates or changes; ``resource_key`` makes the
         call a 409 while another job on the same key is queued or running.
         """
-        idempotency = self.idempotency
         try:
-            created = await self.engine.submit(
+            created = await self.engine.jobs.start(
+                self.viewer,
                 operation,
                 input,
-                owner=self.engine.owner_of(self.request),
                 resource=resource,
                 resource_key=resource_key,
-                idempotency=idempotency,
+                idempotency=self.idempotency,
             )
         except ResourceBusy as exc:
-            raise ApiError(
-                409,
-                "resource_busy",
-                f"job {exc.job_id} is already working on this resource; wait for it to end",
-                details={
-                    "job": {"id": exc.job_id, "_links": {"self": {"href": f"{self.engine.jobs_href}/{exc.job_id}"}}}
-                },
-            ) from None
+            raise _busy(exc, self.engine.jobs_href) from None
         except IdempotencyMismatch as exc:
             raise _mismatch(exc) from None
         job, status = created.job, created.answer_status
@@ -83,11 +77,11 @@ class JobStarter:
         """``return_timeout``: 200 with the ended job, or 202. The job exists by now, so a store
         fault while waiting still answers 202 with it: the client must learn its id."""
         try:
-            ended = await self.engine.wait_until_terminal(job, self.return_timeout)
+            ended = await self.engine.jobs.wait_until_terminal(self.viewer, job, self.return_timeout)
             if not ended.is_terminal:
                 return ended, 202
             if self.idempotency is not None:
-                await self.engine.store.set_answer_status(ended.id, 200)
+                await self.engine.jobs.record_answer(ended, 200)
             return ended, 200
         except StoreError as exc:
             log.warning("job %s accepted; the store failed while waiting for its end: %s", job.id, exc)
@@ -107,6 +101,19 @@ class ReplayAnswer(Exception):
     def __init__(self, response: Response) -> None:
         super().__init__("idempotent replay")
         self.response = response
+
+
+def _busy(exc: ResourceBusy, jobs_href: str) -> ApiError:
+    """409: the holding job is named only when the caller may see it."""
+    if not exc.job_id:
+        return ApiError(409, "resource_busy", "another job is already working on this resource; try again later")
+    link = {"id": exc.job_id, "_links": {"self": {"href": f"{jobs_href}/{exc.job_id}"}}}
+    return ApiError(
+        409,
+        "resource_busy",
+        f"job {exc.job_id} is already working on this resource; wait for it to end",
+        details={"job": link},
+    )
 
 
 def _mismatch(exc: IdempotencyMismatch) -> ApiError:
@@ -146,8 +153,9 @@ async def _async_call(
     engine = getattr(request.app.state, "tarefa", None)
     if engine is None:
         raise RuntimeError("AsyncCall used in an app where no Tarefa is mounted: call tarefa.mount(app)")
+    viewer = viewer_of(request)
     if idempotency_key is None:
-        return JobStarter(engine, request, return_timeout, None)
+        return JobStarter(engine, viewer, return_timeout, None)
     if not idempotency_key.isprintable():
         raise ApiError(
             400,
@@ -157,12 +165,12 @@ async def _async_call(
         )
     idempotency = await _fingerprint(request, idempotency_key)
     try:
-        replay = await engine.store.replay_idempotent(engine.owner_of(request), idempotency)
+        replay = await engine.jobs.replay(viewer, idempotency)
     except IdempotencyMismatch as exc:
         raise _mismatch(exc) from None
     if replay is not None:
         raise ReplayAnswer(accepted_response(engine, replay.job, replay.answer_status))
-    return JobStarter(engine, request, return_timeout, idempotency)
+    return JobStarter(engine, viewer, return_timeout, idempotency)
 
 
 #: Annotate an endpoint parameter with this to start a job from it (see module doc).

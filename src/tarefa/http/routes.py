@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import re
+from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlencode
@@ -13,14 +15,18 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
+from ..jobs import JobNotFound
 from ..model import JobState, from_microseconds, parse_timestamp, to_microseconds
 from ..store import JobAlreadyTerminal, JobNotTerminal, JobQuery
+from .access import viewer_of
 from .errors import REQUEST_ID_HEADER, ApiError, request_id
 from .wire import (
     ErrorBody,
+    EventList,
     JobEnvelope,
     JobList,
     JobRecord,
+    event_to_wire,
     job_headers,
     job_to_wire,
     json_response,
@@ -28,7 +34,7 @@ from .wire import (
 )
 
 if TYPE_CHECKING:
-    from ..engine import Tarefa
+    from .mount import Tarefa
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "A malformed parameter"},
@@ -48,6 +54,7 @@ LastModified = Annotated[
     ),
 ]
 Fields = Annotated[str | None, Query(description="Comma-separated Job fields to return (* for all)")]
+MaxRecords = Annotated[int, Query(ge=1, le=1000, description="At most this many records per page")]
 
 
 def parse_baseline(text: str | None) -> datetime | None:
@@ -110,15 +117,17 @@ def decode_cursor(text: str) -> tuple[datetime, str]:
 
 
 def job_routes(engine: Tarefa) -> APIRouter:
-    """The router of the job API; :meth:`Tarefa.mount` includes it under ``<prefix>/jobs``."""
+    """The router of the job API; :meth:`Tarefa.mount` includes it under ``<prefix>/jobs``.
+    Each route is a translation between HTTP and one call of :class:`~tarefa.jobs.Jobs`."""
     router = APIRouter(tags=["jobs"], responses=ERRORS)
+    jobs = engine.jobs
 
     @router.get("", response_model=JobList, summary="List jobs")
     async def list_jobs(
         request: Request,
         state: Annotated[str | None, Query(description="queued, running, success, failure; or a|b")] = None,
         operation: str | None = None,
-        max_records: Annotated[int, Query(ge=1, le=1000)] = 100,
+        max_records: MaxRecords = 100,
         order_by: Annotated[str, Query(description="create_time or last_modified, asc or desc")] = "create_time desc",
         fields: Fields = None,
         cursor: Annotated[str | None, Query(description="From _links.next; opaque")] = None,
@@ -126,7 +135,6 @@ def job_routes(engine: Tarefa) -> APIRouter:
         selected = parse_fields(fields)
         order, descending = parse_order(order_by)
         query = JobQuery(
-            owner=engine.visible_owner(request),
             states=parse_states(state),
             operation=operation,
             order_by="last_modified" if order == "last_modified" else "create_time",
@@ -134,19 +142,13 @@ def job_routes(engine: Tarefa) -> APIRouter:
             limit=max_records + 1,
             after=decode_cursor(cursor) if cursor else None,
         )
-        jobs = await engine.store.list_jobs(query)
-        page, more = jobs[:max_records], len(jobs) > max_records
-        body: dict[str, Any] = {
-            "num_records": len(page),
-            "records": [job_to_wire(job, engine.jobs_href, selected) for job in page],
-            "_links": {},
-        }
+        found = await jobs.page(viewer_of(request), query)
+        page, more = found[:max_records], len(found) > max_records
+        body = _page([job_to_wire(job, engine.jobs_href, selected) for job in page])
         if more:
             last = page[-1]
             moment = last.last_modified if order == "last_modified" else last.create_time
-            params = {k: v for k, v in request.query_params.items() if k != "cursor"}
-            params["cursor"] = encode_cursor(moment, last.id)
-            body["_links"]["next"] = {"href": f"{engine.jobs_href}?{urlencode(params)}"}
+            body["_links"]["next"] = {"href": _next_href(request, engine.jobs_href, encode_cursor(moment, last.id))}
         return json_response(body, headers={"Cache-Control": "no-store"})
 
     @router.get("/{job_id}", response_model=JobRecord, summary="Read a job (standard or long poll)")
@@ -158,20 +160,35 @@ def job_routes(engine: Tarefa) -> APIRouter:
         fields: Fields = None,
     ) -> Response:
         selected = parse_fields(fields)
-        owner = engine.visible_owner(request)
-        if poll_timeout is None:
-            job = await engine.store.get_job(job_id, owner)
-        else:
-            job = await engine.wait_for_change(
-                job_id, owner, baseline=parse_baseline(last_modified), timeout=poll_timeout
-            )
-        if job is None:
-            raise _not_found(job_id)
+        viewer = viewer_of(request)
+        with _translated(job_id):
+            if poll_timeout is None:
+                job = await jobs.get(viewer, job_id)
+            else:
+                baseline = parse_baseline(last_modified)
+                job = await jobs.wait_for_change(viewer, job_id, baseline=baseline, timeout=poll_timeout)
         retry_after = engine.retry_after if poll_timeout is None else None
         return json_response(
             {"record": job_to_wire(job, engine.jobs_href, selected)},
             headers=job_headers(job, retry_after=retry_after),
         )
+
+    @router.get("/{job_id}/events", response_model=EventList, summary="Read a job's history")
+    async def job_events(
+        request: Request,
+        job_id: str,
+        after: Annotated[int, Query(ge=0, le=2**63 - 1, description="Only events with a later seq")] = 0,
+        max_records: MaxRecords = 100,
+    ) -> Response:
+        with _translated(job_id):
+            events = await jobs.history(viewer_of(request), job_id, after=after, limit=max_records + 1)
+        page = events[:max_records]
+        body = _page([event_to_wire(event) for event in page])
+        if len(events) > max_records:
+            params = {k: v for k, v in request.query_params.items() if k != "after"}
+            params["after"] = str(page[-1].seq)
+            body["_links"]["next"] = {"href": f"{engine.jobs_href}/{job_id}/events?{urlencode(params)}"}
+        return json_response(body, headers={"Cache-Control": "no-store"})
 
     @router.patch(
         "/{job_id}",
@@ -185,12 +202,8 @@ def job_routes(engine: Tarefa) -> APIRouter:
     ) -> Response:
         if action != "cancel":
             raise ApiError(400, "invalid_parameter", f"action {action!r}: the only action is cancel", target="action")
-        try:
-            job = await engine.store.cancel_job(job_id, engine.visible_owner(request))
-        except JobAlreadyTerminal as exc:
-            raise ApiError(409, "job_terminal", f"job {job_id} has already ended ({exc.job.state.value})") from None
-        if job is None:
-            raise _not_found(job_id)
+        with _translated(job_id):
+            job = await jobs.cancel(viewer_of(request), job_id)
         return json_response({"job": job_to_wire(job, engine.jobs_href)}, 202, job_headers(job))
 
     @router.delete(
@@ -200,20 +213,36 @@ def job_routes(engine: Tarefa) -> APIRouter:
         responses={409: {"model": ErrorBody, "description": "The job is still queued or running"}},
     )
     async def delete_job(request: Request, job_id: str) -> Response:
-        try:
-            deleted = await engine.store.delete_job(job_id, engine.visible_owner(request))
-        except JobNotTerminal as exc:
-            raise ApiError(
-                409,
-                "job_not_terminal",
-                f"job {job_id} is still {exc.job.state.value}: cancel it, and delete it once it has ended",
-            ) from None
-        if not deleted:
-            raise _not_found(job_id)
+        with _translated(job_id):
+            await jobs.delete(viewer_of(request), job_id)
         return Response(status_code=204, headers={REQUEST_ID_HEADER: request_id(request)})
 
     return router
 
 
-def _not_found(job_id: str) -> ApiError:
-    return ApiError(404, "job_not_found", f"there is no job {job_id!r} (or it has been deleted)", target="id")
+def _page(records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"num_records": len(records), "records": records, "_links": {}}
+
+
+def _next_href(request: Request, jobs_href: str, cursor: str) -> str:
+    params = {k: v for k, v in request.query_params.items() if k != "cursor"}
+    params["cursor"] = cursor
+    return f"{jobs_href}?{urlencode(params)}"
+
+
+@contextlib.contextmanager
+def _translated(job_id: str) -> Iterator[None]:
+    """The application layer's refusals as the SPEC's answers."""
+    try:
+        yield
+    except JobNotFound:
+        message = f"there is no job {job_id!r} (or it has been deleted)"
+        raise ApiError(404, "job_not_found", message, target="id") from None
+    except JobAlreadyTerminal as exc:
+        raise ApiError(409, "job_terminal", f"job {job_id} has already ended ({exc.job.state.value})") from None
+    except JobNotTerminal as exc:
+        raise ApiError(
+            409,
+            "job_not_terminal",
+            f"job {job_id} is still {exc.job.state.value}: cancel it, and delete it once it has ended",
+        ) from None

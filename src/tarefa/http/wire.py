@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 from starlette.responses import Response
 
-from ..model import Job, format_timestamp, to_microseconds
+from ..model import WIRE_FIELDS, FieldInfo, Job, JobError, JobEvent, JobState, format_timestamp, to_microseconds
 from .errors import ApiError
 
-JOB_FIELDS = (
-    "id", "operation", "state", "message", "progress", "create_time", "start_time", "end_time",
-    "last_modified", "result", "error", "resource", "_links",
-)  # fmt: skip
+#: The Job's fields on the wire, in order (derived from the model's one field list).
+JOB_FIELDS = (*(field.name for field in WIRE_FIELDS), "_links")
 ALWAYS_INCLUDED = frozenset({"id", "state", "last_modified", "_links"})
 
 
@@ -23,29 +22,54 @@ def _stamp(value: Any) -> str | None:
     return None if value is None else format_timestamp(value)
 
 
+def _error(error: JobError) -> dict[str, str]:
+    return {"code": error.code, "message": error.message}
+
+
+#: How each kind of Job field is written on the wire (other kinds go as they are).
+_WRITE: dict[str, Callable[[Any], Any]] = {
+    "state": lambda state: state.value,
+    "time": _stamp,
+    "error": _error,
+    "href": lambda href: {"href": href},
+}
+
+
+def _shown(field: FieldInfo, job: Job, value: Any) -> bool:
+    if field.wire == "if_set":
+        return value is not None
+    if field.wire == "on_success":
+        return job.state is JobState.SUCCESS
+    return True
+
+
 def job_to_wire(job: Job, jobs_href: str, fields: frozenset[str] | None = None) -> dict[str, Any]:
     """The Job object as SPEC §1 shows it; ``fields`` limits it (None: every field)."""
-    body: dict[str, Any] = {
-        "id": job.id,
-        "operation": job.operation,
-        "state": job.state.value,
-        "message": job.message,
-        "progress": job.progress,
-        "create_time": _stamp(job.create_time),
-        "start_time": _stamp(job.start_time),
-        "end_time": _stamp(job.end_time),
-        "last_modified": _stamp(job.last_modified),
-    }
-    if job.state.value == "success":
-        body["result"] = job.result
-    if job.error is not None:
-        body["error"] = {"code": job.error.code, "message": job.error.message}
-    if job.resource is not None:
-        body["resource"] = {"href": job.resource}
+    body: dict[str, Any] = {}
+    for field in WIRE_FIELDS:
+        value = getattr(job, field.name)
+        if _shown(field, job, value):
+            write = _WRITE.get(field.kind)
+            body[field.name] = value if write is None or value is None else write(value)
     body["_links"] = {"self": {"href": f"{jobs_href}/{job.id}"}}
     if fields is None:
         return body
     return {name: value for name, value in body.items() if name in fields or name in ALWAYS_INCLUDED}
+
+
+def event_to_wire(event: JobEvent) -> dict[str, Any]:
+    """An event of a job's history (SPEC §10)."""
+    body: dict[str, Any] = {
+        "seq": event.seq,
+        "job_id": event.job_id,
+        "time": format_timestamp(event.time),
+        "state": event.state.value,
+        "message": event.message,
+        "progress": event.progress,
+    }
+    if event.error is not None:
+        body["error"] = _error(event.error)
+    return body
 
 
 def parse_fields(text: str | None) -> frozenset[str] | None:
@@ -96,22 +120,40 @@ class JobErrorModel(BaseModel):
     message: str = Field(description="for people")
 
 
-class JobModel(BaseModel):
-    """An asynchronous job (SPEC §1)."""
+#: The OpenAPI type of each kind of Job field.
+_SCHEMA: dict[str, Any] = {
+    "text": str,
+    "int": int,
+    "state": Literal["queued", "running", "success", "failure"],
+    "time": str,
+    "json": Any,
+    "error": JobErrorModel,
+    "href": Href,
+}
 
-    id: str = Field(description="opaque, unguessable, URL-safe")
-    operation: str = Field(description="the registered operation, e.g. cluster.deploy")
-    state: Literal["queued", "running", "success", "failure"]
-    message: str = Field(description="the latest human-readable status line")
-    progress: int | None = Field(None, ge=0, le=100)
-    create_time: str | None = Field(description="RFC 3339, UTC, microseconds, Z")
-    start_time: str | None = None
-    end_time: str | None = None
-    last_modified: str = Field(description="changes on every visible change; strictly increasing")
-    result: Any = Field(None, description="only on success")
-    error: JobErrorModel | None = Field(None, description="only on failure")
-    resource: Href | None = Field(None, description="the resource the job creates or changes")
-    links: SelfLink = Field(alias="_links")
+
+_HINTS = typing.get_type_hints(Job)
+
+
+def _model_field(field: FieldInfo) -> tuple[Any, Any]:
+    """A Job field for pydantic: required when always sent (typed nullable when it may be
+    null), optional when only sometimes sent."""
+    kind: Any = _SCHEMA[field.kind]
+    if field.wire != "always":
+        return kind | None, Field(None, description=field.doc)
+    nullable = type(None) in typing.get_args(_HINTS[field.name])
+    return (kind | None) if nullable else kind, Field(description=field.doc)
+
+
+_JobFields: Any = create_model(  # type: ignore[call-overload]
+    "_JobFields",
+    **{field.name: _model_field(field) for field in WIRE_FIELDS},
+    links=(SelfLink, Field(alias="_links")),
+)
+
+
+class JobModel(_JobFields):  # type: ignore[misc]
+    """An asynchronous job (SPEC §1); its fields are derived from the model's one field list."""
 
 
 class JobEnvelope(BaseModel):
@@ -142,3 +184,21 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+class JobEventModel(BaseModel):
+    """One visible change of a job (SPEC §10)."""
+
+    seq: int = Field(description="unique in the store, increasing for one job")
+    job_id: str
+    time: str = Field(description="the job's last_modified after this change")
+    state: Literal["queued", "running", "success", "failure"]
+    message: str
+    progress: int | None = None
+    error: JobErrorModel | None = Field(None, description="only on failure")
+
+
+class EventList(BaseModel):
+    num_records: int
+    records: list[JobEventModel]
+    links: NextLink = Field(alias="_links")

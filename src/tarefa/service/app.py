@@ -82,7 +82,7 @@ def _declare_operations(jobs: Tarefa, step_delay: float) -> None:
             "state": "registered",
             "_links": {"self": {"href": f"/api/hosts/{host.name}"}},
         }
-        await jobs.store.put_resource(HOST, host.name, record)
+        await jobs.documents(HOST).put(host.name, record)
         return record
 
     @jobs.operation("cluster.deploy")
@@ -96,7 +96,7 @@ def _declare_operations(jobs: Tarefa, step_delay: float) -> None:
                 progress=(index - 1) * 100 // total,
             )
             await ctx.sleep(step_delay)
-            host = await jobs.store.get_resource(HOST, node["host"]) or {}
+            host = await jobs.documents(HOST).get(node["host"]) or {}
             if _in(str(host.get("address", "")), FAILS_DEPLOY):
                 node["state"] = "failed"
                 await _save_cluster(jobs, cluster, state="failed")
@@ -117,12 +117,12 @@ def _declare_operations(jobs: Tarefa, step_delay: float) -> None:
                 progress=(index - 1) * 100 // len(cluster["nodes"]),
             )
             await ctx.sleep(step_delay)
-        await jobs.store.delete_resource(CLUSTER, cluster_id)
+        await jobs.documents(CLUSTER).delete(cluster_id)
         return {"id": cluster_id, "name": cluster["name"], "state": "deleted"}
 
 
 async def _cluster(jobs: Tarefa, cluster_id: str) -> dict[str, Any]:
-    cluster = await jobs.store.get_resource(CLUSTER, cluster_id)
+    cluster = await jobs.documents(CLUSTER).get(cluster_id)
     if cluster is None:
         raise ApiError(404, "cluster_not_found", f"there is no cluster {cluster_id!r}", target="id")
     return cluster
@@ -130,7 +130,7 @@ async def _cluster(jobs: Tarefa, cluster_id: str) -> dict[str, Any]:
 
 async def _save_cluster(jobs: Tarefa, cluster: dict[str, Any], *, state: str) -> dict[str, Any]:
     cluster["state"] = state
-    await jobs.store.put_resource(CLUSTER, cluster["id"], cluster)
+    await jobs.documents(CLUSTER).put(cluster["id"], cluster)
     return cluster
 
 
@@ -140,7 +140,7 @@ async def _save_cluster(jobs: Tarefa, cluster: dict[str, Any], *, state: str) ->
 def _host_routes(app: FastAPI, jobs: Tarefa) -> None:
     @app.post("/api/hosts", tags=["hosts"], summary="Register a host", **asynchronous())
     async def register_host(host: HostIn, call: AsyncCall) -> Response:
-        if await jobs.store.get_resource(HOST, host.name) is not None:
+        if await jobs.documents(HOST).get(host.name) is not None:
             raise ApiError(409, "host_exists", f"a host named {host.name!r} is already registered", target="name")
         return await call.start(
             "host.register", host, resource=f"/api/hosts/{host.name}", resource_key=f"host:{host.name}"
@@ -148,11 +148,11 @@ def _host_routes(app: FastAPI, jobs: Tarefa) -> None:
 
     @app.get("/api/hosts", tags=["hosts"], summary="List hosts")
     async def list_hosts() -> dict[str, Any]:
-        return _collection(await jobs.store.list_resources(HOST))
+        return _collection(await jobs.documents(HOST).list())
 
     @app.get("/api/hosts/{name}", tags=["hosts"], summary="Read a host")
     async def get_host(name: str) -> dict[str, Any]:
-        host = await jobs.store.get_resource(HOST, name)
+        host = await jobs.documents(HOST).get(name)
         if host is None:
             raise ApiError(404, "host_not_found", f"there is no host {name!r}", target="name")
         return {"record": host}
@@ -162,7 +162,7 @@ def _cluster_routes(app: FastAPI, jobs: Tarefa) -> None:
     @app.post("/api/clusters", status_code=201, tags=["clusters"], summary="Configure a cluster")
     async def create_cluster(body: ClusterIn, response: Response) -> dict[str, Any]:
         await _check_hosts(jobs, body)
-        clusters = await jobs.store.list_resources(CLUSTER)
+        clusters = await jobs.documents(CLUSTER).list()
         if any(cluster["name"] == body.name for cluster in clusters):
             raise ApiError(409, "cluster_exists", f"a cluster named {body.name!r} exists already", target="name")
         cluster_id = secrets.token_urlsafe(9)
@@ -177,13 +177,13 @@ def _cluster_routes(app: FastAPI, jobs: Tarefa) -> None:
             ],
             "_links": {"self": {"href": f"/api/clusters/{cluster_id}"}},
         }
-        await jobs.store.put_resource(CLUSTER, cluster_id, cluster)
+        await jobs.documents(CLUSTER).put(cluster_id, cluster)
         response.headers["Location"] = f"/api/clusters/{cluster_id}"
         return {"record": cluster}
 
     @app.get("/api/clusters", tags=["clusters"], summary="List clusters")
     async def list_clusters() -> dict[str, Any]:
-        return _collection(await jobs.store.list_resources(CLUSTER))
+        return _collection(await jobs.documents(CLUSTER).list())
 
     @app.get("/api/clusters/{cluster_id}", tags=["clusters"], summary="Read a cluster")
     async def get_cluster(cluster_id: ClusterId) -> dict[str, Any]:
@@ -215,10 +215,10 @@ async def _check_hosts(jobs: Tarefa, body: ClusterIn) -> None:
     if len(set(body.hosts)) != len(body.hosts):
         raise ApiError(400, "invalid_body", "each node needs its own host: a host is listed twice", target="hosts")
     for name in body.hosts:
-        host = await jobs.store.get_resource(HOST, name)
+        host = await jobs.documents(HOST).get(name)
         if host is None or host.get("state") != "registered":
             raise ApiError(400, "invalid_body", f"host {name!r} is not registered: register it first", target="hosts")
-    in_use = {node["host"]: c["name"] for c in await jobs.store.list_resources(CLUSTER) for node in c["nodes"]}
+    in_use = {node["host"]: c["name"] for c in await jobs.documents(CLUSTER).list() for node in c["nodes"]}
     taken = [name for name in body.hosts if name in in_use]
     if taken:
         raise ApiError(

@@ -1,0 +1,169 @@
+"""The application layer: every use of a job, for a viewer, with no HTTP in sight.
+
+:class:`Jobs` starts, reads, waits for, lists, cancels and deletes jobs and reads their history.
+Every call takes the :class:`Viewer` it is made for, and applies ownership in one place: a job
+belongs to the user who started it; another user never learns that it exists (it is "not
+found"); an administrator sees every job. The HTTP routes, the 202 helper and any other front
+end (a dashboard, a stream) are translations between their protocol and these calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from . import model
+from .model import Job, JobEvent
+from .operations import OperationRegistry, dump_input
+from .store import Created, Idempotency, JobQuery, JobStore, ResourceBusy
+from .waiting import ChangeHub
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who a call is made for: a user name and whether that user is an administrator."""
+
+    name: str
+    admin: bool = False
+
+    def sees(self, job: Job | JobEvent) -> bool:
+        """True if this viewer may see the job (or the event of a job)."""
+        return self.admin or job.owner == self.name
+
+    @property
+    def owner_filter(self) -> str | None:
+        """The owner whose jobs this viewer sees (None: everyone's)."""
+        return None if self.admin else self.name
+
+
+#: Until users are configured, every caller is "anyone": the jobs belong to no one (``""``) and
+#: every caller sees them all.
+ANYONE = Viewer("", admin=True)
+
+
+class JobNotFound(Exception):
+    """No such job, or not one the viewer may see (the two are never told apart)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"there is no job {job_id!r}")
+        self.job_id = job_id
+
+
+class UnknownOperation(ValueError):
+    """A job was asked of an operation no one declared."""
+
+
+class Jobs:
+    """The jobs of one application (module doc). ``store`` gives the open store when called."""
+
+    def __init__(self, store: Callable[[], JobStore], operations: OperationRegistry, hub: ChangeHub) -> None:
+        self._store = store
+        self._operations = operations
+        self._hub = hub
+
+    @property
+    def store(self) -> JobStore:
+        return self._store()
+
+    # -- starting -------------------------------------------------------------------------------
+
+    async def start(
+        self,
+        viewer: Viewer,
+        operation: str,
+        input: Any = None,
+        *,
+        resource: str | None = None,
+        resource_key: str | None = None,
+        idempotency: Idempotency | None = None,
+    ) -> Created:
+        """Store a queued job of ``operation`` for ``viewer``, durably (the core of every
+        asynchronous call). :class:`~tarefa.store.ResourceBusy` names the holding job only when
+        the viewer may see it (``job_id`` is empty otherwise)."""
+        declared = self._operations.get(operation)
+        if declared is None:
+            raise UnknownOperation(f"unknown operation {operation!r}: declare it with @tarefa.operation({operation!r})")
+        job = model.new_job(
+            operation,
+            now=model.utcnow(),
+            input=dump_input(input),
+            owner=viewer.name,
+            resource=resource,
+            max_attempts=declared.max_attempts,
+        )
+        try:
+            return await self.store.create_job(job, idempotency=idempotency, resource_key=resource_key)
+        except ResourceBusy as exc:
+            holder = await self.store.get_job(exc.job_id, viewer.owner_filter) if exc.job_id else None
+            raise ResourceBusy(exc.resource_key, holder.id if holder else "") from None
+
+    async def replay(self, viewer: Viewer, idempotency: Idempotency) -> Created | None:
+        """The job ``viewer`` first started with this key, as it is now; None for a new key.
+        :class:`~tarefa.store.IdempotencyMismatch` if the key came with another request."""
+        return await self.store.replay_idempotent(viewer.name, idempotency)
+
+    async def record_answer(self, job: Job, status: int) -> None:
+        """Remember the status of a job's first answer, for replays of its idempotency key."""
+        await self.store.set_answer_status(job.id, status)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    async def get(self, viewer: Viewer, job_id: str) -> Job:
+        """The job as it is now (:class:`JobNotFound`)."""
+        job = await self.store.get_job(job_id, viewer.owner_filter)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    async def wait_for_change(self, viewer: Viewer, job_id: str, *, baseline: datetime | None, timeout: float) -> Job:
+        """A long poll (SPEC §3): the job once its ``last_modified`` is later than ``baseline``
+        (default: as it is now), at once if it has ended, or as it is after ``timeout`` seconds.
+        :class:`JobNotFound` if unknown, or deleted while waiting. No store query while waiting."""
+        job = await self._hub.wait_for_change(
+            job_id, lambda: self.store.get_job(job_id, viewer.owner_filter), baseline=baseline, timeout=timeout
+        )
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    async def wait_until_terminal(self, viewer: Viewer, job: Job, timeout: float) -> Job:
+        """The job once it has ended, or as it is after ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not job.is_terminal and (remaining := deadline - loop.time()) > 0:
+            changed = await self.wait_for_change(viewer, job.id, baseline=job.last_modified, timeout=remaining)
+            if changed.last_modified == job.last_modified:
+                break
+            job = changed
+        return job
+
+    async def page(self, viewer: Viewer, query: JobQuery) -> list[Job]:
+        """A page of the jobs ``viewer`` may see (``query.owner`` is set from the viewer)."""
+        return await self.store.list_jobs(dataclasses.replace(query, owner=viewer.owner_filter))
+
+    async def history(self, viewer: Viewer, job_id: str, *, after: int = 0, limit: int = 100) -> list[JobEvent]:
+        """The job's events, oldest first, with ``seq > after`` (:class:`JobNotFound`)."""
+        events = await self.store.list_events(job_id, owner=viewer.owner_filter, after=after, limit=limit)
+        if events is None:
+            raise JobNotFound(job_id)
+        return events
+
+    # -- changing -------------------------------------------------------------------------------
+
+    async def cancel(self, viewer: Viewer, job_id: str) -> Job:
+        """Cancel a queued job, or ask a running one to stop (:class:`JobNotFound`;
+        :class:`~tarefa.store.JobAlreadyTerminal` if it has ended)."""
+        job = await self.store.cancel_job(job_id, viewer.owner_filter)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    async def delete(self, viewer: Viewer, job_id: str) -> None:
+        """Delete an ended job and its history (:class:`JobNotFound`;
+        :class:`~tarefa.store.JobNotTerminal` if it has not ended)."""
+        if not await self.store.delete_job(job_id, viewer.owner_filter):
+            raise JobNotFound(job_id)

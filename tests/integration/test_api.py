@@ -543,3 +543,53 @@ async def test_a_store_fault_during_return_timeout_still_answers_202_with_the_jo
     assert response.headers["location"].endswith(job_id)
     api.gates.open("rt")
     assert (await api.terminal(job_id))["state"] == "success"
+
+
+async def test_a_jobs_history_is_read_oldest_first_in_pages(api: Api) -> None:
+    job_id = (await api.start({"steps": 3})).json()["job"]["id"]
+    done = await api.terminal(job_id)
+    response = await api.client.get(f"/api/jobs/{job_id}/events")
+    assert response.status_code == 200 and response.headers["cache-control"] == "no-store"
+    body = response.json()
+    events = body["records"]
+    assert body["num_records"] == len(events) == 6 and body["_links"] == {}
+    assert [e["state"] for e in events] == ["queued", "running", "running", "running", "running", "success"]
+    assert [e["message"] for e in events[2:5]] == ["step 1 of 3", "step 2 of 3", "step 3 of 3"]
+    assert [e["progress"] for e in events] == [None, None, 33, 66, 100, 100]
+    assert all(e["job_id"] == job_id and "error" not in e for e in events)
+    assert [e["seq"] for e in events] == sorted({e["seq"] for e in events})
+    assert events[-1]["time"] == done["last_modified"]
+    pages, href = [], f"/api/jobs/{job_id}/events?max_records=4"
+    while href:
+        page = (await api.client.get(href)).json()
+        pages.append(page["records"])
+        href = page["_links"].get("next", {}).get("href")
+    assert [len(page) for page in pages] == [4, 2] and [e for page in pages for e in page] == events
+    later = (await api.client.get(f"/api/jobs/{job_id}/events", params={"after": events[3]["seq"]})).json()
+    assert later["records"] == events[4:]
+
+
+async def test_a_failed_jobs_last_event_carries_its_error(api: Api) -> None:
+    job_id = (await api.start({"fail": "boom"})).json()["job"]["id"]
+    await api.terminal(job_id)
+    events = (await api.client.get(f"/api/jobs/{job_id}/events")).json()["records"]
+    assert events[-1]["state"] == "failure" and events[-1]["error"] == {
+        "code": "boom",
+        "message": "failed on purpose: boom",
+    }
+
+
+@pytest.mark.parametrize("params", [{"after": "-1"}, {"after": "x"}, {"max_records": "0"}, {"max_records": "1001"}])
+async def test_bad_history_parameters_are_400(idle: Api, params: dict[str, str]) -> None:
+    job_id = (await idle.start()).json()["job"]["id"]
+    response = await idle.client.get(f"/api/jobs/{job_id}/events", params=params)
+    assert response.status_code == 400 and response.json()["error"]["target"] == next(iter(params))
+
+
+async def test_the_history_of_an_unknown_or_deleted_job_is_404(api: Api) -> None:
+    assert (await api.client.get("/api/jobs/nope/events")).json()["error"]["code"] == "job_not_found"
+    job_id = (await api.start()).json()["job"]["id"]
+    await api.terminal(job_id)
+    assert (await api.client.delete(f"/api/jobs/{job_id}")).status_code == 204
+    response = await api.client.get(f"/api/jobs/{job_id}/events")
+    assert response.status_code == 404 and response.json()["error"]["code"] == "job_not_found"

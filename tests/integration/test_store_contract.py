@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 
-from tarefa.model import Job, JobError, JobState, new_job, utcnow
+from tarefa.model import Job, JobError, JobEvent, JobState, new_job, utcnow
 from tarefa.store import (
     Created,
     DocumentKind,
@@ -504,6 +504,93 @@ async def test_reads_and_lease_renewals_are_not_announced(store: Store, listen: 
     await store.set_answer_status(job.id, 200)
     await anyio.sleep(0.05)
     assert recorder.of(job.id) == []
+
+
+# -- history (SPEC §10) --------------------------------------------------------------------------------
+
+
+def _seen(job: Job) -> tuple[Any, ...]:
+    return (job.id, job.last_modified, job.state, job.message, job.progress, job.error)
+
+
+def _recorded(event: JobEvent) -> tuple[Any, ...]:
+    return (event.job_id, event.time, event.state, event.message, event.progress, event.error)
+
+
+async def test_every_visible_change_is_an_event_of_the_jobs_history(store: Store, listen: Listen) -> None:
+    recorder = listen(store)
+    versions = [job := await create(store, operation="a")]
+    versions += await store.claim_jobs("w1", operations=["a"], limit=1, lease_seconds=LEASE)
+    for message, progress in (("Step 1", 10), ("Step 2", 60)):
+        reported = await store.report_progress(job.id, "w1", message=message, progress=progress)
+        assert reported is not None
+        versions.append(reported)
+    await store.renew_leases("w1", [job.id], LEASE)  # not a visible change: no event
+    versions.append(cancelled := await store.cancel_job(job.id))
+    assert cancelled is not None
+    ended = await store.finish_job(
+        job.id, "w1", Outcome(JobState.FAILURE, error_code="cancelled", error_message="Cancelled while running")
+    )
+    assert ended is not None
+    versions.append(ended)
+    history = await store.list_events(job.id)
+    assert history is not None
+    assert [_recorded(event) for event in history] == [_seen(version) for version in versions]
+    seqs = [event.seq for event in history]
+    assert seqs == sorted(set(seqs)) and seqs[0] > 0
+    assert all(event.operation == "a" and event.owner == "alice" for event in history)
+    assert history[-1].error == JobError("cancelled", "Cancelled while running") and history[-1].is_terminal
+    await recorder.wait_for(lambda: len(recorder.of(job.id)) == len(versions))
+    assert [change.event for change in recorder.changes if change.job_id == job.id] == history
+
+
+async def test_history_pages_after_a_seq_and_hides_other_owners_jobs(store: Store) -> None:
+    job = await start_one(store)
+    for step in range(5):
+        await store.report_progress(job.id, "w1", message=f"Step {step}", progress=step)
+    history = await store.list_events(job.id)
+    assert history is not None and len(history) == 7
+    assert await store.list_events(job.id, after=history[2].seq, limit=2) == history[3:5]
+    assert await store.list_events(job.id, after=history[-1].seq) == []
+    assert await store.list_events(job.id, owner="alice", limit=1) == history[:1]
+    assert await store.list_events(job.id, owner="bob") is None
+    assert await store.list_events("no-such-job") is None
+
+
+async def test_seq_is_unique_in_the_store_and_never_given_again(store: Store) -> None:
+    first = await finished_one(store)
+    others = [await create(store) for _ in range(3)]
+    seqs = [event.seq for job in (first, *others) for event in await store.list_events(job.id) or []]
+    assert len(seqs) == len(set(seqs)) == 6
+    assert await store.delete_job(first.id)
+    assert await store.list_events(first.id) is None
+    latest = await create(store)
+    [event] = await store.list_events(latest.id) or []
+    assert event.seq > max(seqs)
+
+
+async def test_history_is_purged_with_its_job(store: Store) -> None:
+    done = await finished_one(store)
+    kept = await create(store)
+    assert await store.purge_jobs(utcnow() + timedelta(seconds=1)) == 1
+    assert await store.list_events(done.id) is None
+    assert [event.job_id for event in await store.list_events(kept.id) or []] == [kept.id]
+
+
+async def test_a_raising_listener_neither_blocks_nor_loses_a_write(store: Store, listen: Listen) -> None:
+    def broken(changes: Any) -> None:
+        raise RuntimeError("a listener with a bug")
+
+    store.add_listener(broken)
+    recorder = listen(store)
+    with anyio.fail_after(10):
+        job = await create(store)
+        [running] = await store.claim_jobs("w1", operations=["thing.make"], limit=1, lease_seconds=LEASE)
+        done = await store.finish_job(job.id, "w1", SUCCESS)
+        later = await create(store)
+    assert done is not None and await store.get_job(job.id) == done
+    await recorder.wait_for(lambda: recorder.heard(later.id))
+    assert recorder.of(job.id) == [job, running, done]
 
 
 # -- resources ----------------------------------------------------------------------------------------

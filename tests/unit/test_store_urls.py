@@ -33,3 +33,25 @@ def test_postgresql_without_the_extra_names_it(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed
     with pytest.raises(InvalidStoreURL, match=r"pip install 'tarefa\[postgres\]'"):
         open_store("postgresql://postgres@127.0.0.1/test")
+
+
+def test_memory_urls() -> None:
+    from tarefa.store.memory import MemoryStore
+
+    assert isinstance(open_store("memory://"), MemoryStore)
+    assert open_store("memory://") is not open_store("memory://")  # each URL opens a store of its own
+    for url in ("memory://x", "memory:///path", "memory://?a=1"):
+        with pytest.raises(InvalidStoreURL, match="memory://"):
+            open_store(url)
+
+
+@pytest.mark.parametrize("url", ["sqlite:///:memory:", "sqlite://:memory:", "sqlite:///file::memory:?cache=shared"])
+def test_sqlite_in_memory_is_refused_with_the_way_out(
+    url: str, tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(InvalidStoreURL, match="use memory://"):
+        open_store(url)
+    import os
+
+    assert os.listdir(".") == []  # and no lock file named ':memory:'

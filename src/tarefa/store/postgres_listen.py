@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -20,7 +19,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from ..model import Job, JobError, JobState, utcnow
+from ..model import FIELDS, Job, JobError, JobState, event_of, utcnow
 from . import postgres_sql as q
 from .base import JobChange, StoreError
 
@@ -30,10 +29,10 @@ logger = logging.getLogger("tarefa.store.postgres")
 NOTIFY_LIMIT = 7000
 #: Longest wait between two attempts to reconnect the ``LISTEN`` connection, in seconds.
 MAX_RECONNECT_DELAY = 5.0
-#: The Job fields that hold instants (timestamptz columns, RFC 3339 strings in payloads).
-TIME_FIELDS = ("create_time", "start_time", "end_time", "last_modified", "lease_expires")
+#: The Job fields that hold instants (RFC 3339 strings in payloads).
+TIME_FIELDS = tuple(field.name for field in FIELDS if field.kind == "time")
 #: The names of the Job fields, in order.
-JOB_FIELDS = tuple(field.name for field in dataclasses.fields(Job))
+JOB_FIELDS = tuple(field.name for field in FIELDS)
 
 Connection = psycopg.AsyncConnection[Any]
 ReadChanges = Callable[[Sequence[str]], Awaitable[list[JobChange]]]
@@ -184,8 +183,8 @@ async def close_quietly(conn: Connection | None) -> None:
 def encode_changes(origin: str, changes: Sequence[JobChange]) -> list[str]:
     """Pack the changes into notification payloads under :data:`NOTIFY_LIMIT` bytes each.
 
-    Entries: ``["j", job]`` a changed job, ``["r", id]`` a changed job too large to send (the
-    listener reads it), ``["d", id]`` a deleted job.
+    Entries: ``["j", job, seq]`` a changed job and the ``seq`` of its event, ``["r", id]`` a
+    changed job too large to send (the listener reads it), ``["d", id]`` a deleted job.
     """
     head, tail = _payload_head(origin), b"]}"
     payloads: list[str] = []
@@ -209,22 +208,24 @@ def _payload_head(origin: str) -> bytes:
 def decode_changes(payload: str) -> tuple[str, list[JobChange | str]]:
     """The origin and the entries of a payload; an id (str) stands for a job to read."""
     data = orjson.loads(payload)
-    return str(data["o"]), [_decoded_entry(kind, value) for kind, value in data["c"]]
+    return str(data["o"]), [_decoded_entry(*entry) for entry in data["c"]]
 
 
 def _encode_entry(change: JobChange) -> bytes:
     if change.job is None:
         return orjson.dumps(["d", change.job_id])
-    entry = orjson.dumps(["j", _job_to_wire(change.job)], option=orjson.OPT_UTC_Z)
+    seq = change.event.seq if change.event is not None else 0
+    entry = orjson.dumps(["j", _job_to_wire(change.job), seq], option=orjson.OPT_UTC_Z)
     return entry if len(entry) <= NOTIFY_LIMIT - 100 else orjson.dumps(["r", change.job_id])
 
 
-def _decoded_entry(kind: str, value: Any) -> JobChange | str:
+def _decoded_entry(kind: str, value: Any, seq: int = 0) -> JobChange | str:
     if kind == "d":
         return JobChange(value, None)
     if kind == "j":
         with contextlib.suppress(KeyError, TypeError, ValueError):
-            return JobChange(value["id"], _job_from_wire(value))
+            job = _job_from_wire(value)
+            return JobChange(value["id"], job, event_of(job, seq) if seq else None)
         return str(value["id"])  # sent by another version of tarefa: read the job instead
     return str(value)
 

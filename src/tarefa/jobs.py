@@ -20,6 +20,7 @@ from . import model
 from .model import Job, JobEvent
 from .operations import OperationRegistry, dump_input
 from .store import Created, Idempotency, JobQuery, JobStore, ResourceBusy
+from .values import check_text, text_problem
 from .waiting import ChangeHub
 
 
@@ -87,10 +88,16 @@ class Jobs:
         declared = self._operations.get(operation)
         if declared is None:
             raise UnknownOperation(f"unknown operation {operation!r}: declare it with @tarefa.operation({operation!r})")
+        data = dump_input(input)  # first: a bad part of the request is named by its own path
+        for name, text in (("resource", resource), ("resource_key", resource_key)):
+            if text is not None:
+                check_text(text, name)
+        if idempotency is not None:
+            check_text(idempotency.key, "Idempotency-Key")
         job = model.new_job(
             operation,
             now=model.utcnow(),
-            input=dump_input(input),
+            input=data,
             owner=viewer.name,
             resource=resource,
             max_attempts=declared.max_attempts,
@@ -114,6 +121,7 @@ class Jobs:
 
     async def get(self, viewer: Viewer, job_id: str) -> Job:
         """The job as it is now (:class:`JobNotFound`)."""
+        _check_id(job_id)
         job = await self.store.get_job(job_id, viewer.owner_filter)
         if job is None:
             raise JobNotFound(job_id)
@@ -123,6 +131,7 @@ class Jobs:
         """A long poll (SPEC §3): the job once its ``last_modified`` is later than ``baseline``
         (default: as it is now), at once if it has ended, or as it is after ``timeout`` seconds.
         :class:`JobNotFound` if unknown, or deleted while waiting. No store query while waiting."""
+        _check_id(job_id)
         job = await self._hub.wait_for_change(
             job_id, lambda: self.store.get_job(job_id, viewer.owner_filter), baseline=baseline, timeout=timeout
         )
@@ -143,10 +152,13 @@ class Jobs:
 
     async def page(self, viewer: Viewer, query: JobQuery) -> list[Job]:
         """A page of the jobs ``viewer`` may see (``query.owner`` is set from the viewer)."""
+        if query.operation is not None and text_problem(query.operation):
+            return []  # no operation has such a name, and not every store can even look for it
         return await self.store.list_jobs(dataclasses.replace(query, owner=viewer.owner_filter))
 
     async def history(self, viewer: Viewer, job_id: str, *, after: int = 0, limit: int = 100) -> list[JobEvent]:
         """The job's events, oldest first, with ``seq > after`` (:class:`JobNotFound`)."""
+        _check_id(job_id)
         events = await self.store.list_events(job_id, owner=viewer.owner_filter, after=after, limit=limit)
         if events is None:
             raise JobNotFound(job_id)
@@ -157,6 +169,7 @@ class Jobs:
     async def cancel(self, viewer: Viewer, job_id: str) -> Job:
         """Cancel a queued job, or ask a running one to stop (:class:`JobNotFound`;
         :class:`~tarefa.store.JobAlreadyTerminal` if it has ended)."""
+        _check_id(job_id)
         job = await self.store.cancel_job(job_id, viewer.owner_filter)
         if job is None:
             raise JobNotFound(job_id)
@@ -165,5 +178,12 @@ class Jobs:
     async def delete(self, viewer: Viewer, job_id: str) -> None:
         """Delete an ended job and its history (:class:`JobNotFound`;
         :class:`~tarefa.store.JobNotTerminal` if it has not ended)."""
+        _check_id(job_id)
         if not await self.store.delete_job(job_id, viewer.owner_filter):
             raise JobNotFound(job_id)
+
+
+def _check_id(job_id: str) -> None:
+    """An id no job can have (and not every store can look up) is simply not found."""
+    if text_problem(job_id) is not None:
+        raise JobNotFound(job_id)

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter
 
 from .model import Job
+from .values import check_json
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789._-")
 
@@ -134,12 +135,18 @@ _ANY: TypeAdapter[Any] = TypeAdapter(Any)
 
 
 def dump_input(value: Any) -> Any:
-    """An operation's input as JSON-compatible data, to store with the job."""
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+    """An operation's input as JSON-compatible data, to store with the job.
+
+    Raises :class:`~tarefa.values.UnstorableValue` (naming the part) for what no store can keep:
+    NaN and infinities are refused before the JSON dump would turn them into ``null``.
+    """
     if value is None or isinstance(value, str | int | float | bool):
+        check_json(value)
         return value
-    return _ANY.dump_python(value, mode="json")
+    check_json(value.model_dump(mode="python") if isinstance(value, BaseModel) else value)
+    data = value.model_dump(mode="json") if isinstance(value, BaseModel) else _ANY.dump_python(value, mode="json")
+    check_json(data)
+    return data
 
 
 def _input_signature(function: Callable[..., Any]) -> tuple[bool, Any]:

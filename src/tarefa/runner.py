@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 
 from .model import Job, JobState
 from .operations import (
@@ -29,6 +30,7 @@ from .operations import (
     ThreadJobContext,
 )
 from .store import JobChange, Outcome, Store, StoreError, StoreUnavailable
+from .values import UnstorableValue, check_json, storable_text
 
 log = logging.getLogger("tarefa.runner")
 
@@ -41,8 +43,15 @@ def new_worker_id() -> str:
 
 
 def _json_result(value: Any) -> Any:
-    """The operation's return value as JSON data (pydantic models and dataclasses included)."""
-    return orjson.loads(orjson.dumps(value, default=_to_builtin))
+    """The operation's return value as JSON data (pydantic models and dataclasses included);
+    :class:`~tarefa.values.UnstorableValue` if no store could keep it."""
+    check_json(value.model_dump(mode="python") if isinstance(value, BaseModel) else value)
+    try:
+        data = orjson.loads(orjson.dumps(value, default=_to_builtin))
+    except TypeError as exc:
+        raise UnstorableValue("", str(exc)) from None
+    check_json(data)
+    return data
 
 
 def _to_builtin(value: Any) -> Any:
@@ -193,7 +202,16 @@ class Runner:
         except JobCancelled:
             return Outcome(JobState.FAILURE, error_code="cancelled", error_message="Cancelled while running")
         except OperationError as exc:
-            return Outcome(JobState.FAILURE, error_code=exc.code, error_message=exc.message)
+            return Outcome(
+                JobState.FAILURE, error_code=storable_text(exc.code), error_message=storable_text(exc.message)
+            )
+        except UnstorableValue as exc:
+            log.error("job %s (%s) returned a result that cannot be stored: %s", job.id, job.operation, exc)
+            return Outcome(
+                JobState.FAILURE,
+                error_code="internal_error",
+                error_message=f"The operation's result cannot be stored ({exc}); the server log has the details",
+            )
         except Exception:
             log.exception("job %s (%s) failed unexpectedly", job.id, job.operation)
             return Outcome(
@@ -233,8 +251,9 @@ class Runner:
             return
 
     async def _report(self, job_id: str, message: str | None, progress: int | None) -> None:
+        text = None if message is None else storable_text(message)
         try:
-            await self.store.report_progress(job_id, self.worker_id, message=message, progress=progress)
+            await self.store.report_progress(job_id, self.worker_id, message=text, progress=progress)
         except StoreError as exc:
             log.warning("cannot store the progress of job %s: %s", job_id, exc)
 

@@ -20,6 +20,10 @@ class Step(BaseModel):
     steps: int = 0
     fail: str | None = None
     crash: bool = False
+    data: Any = None  # stored with the job, never used
+    result: Any = None  # returned as the job's result when given
+    say: str | None = None  # reported as a message
+    huge_result: bool = False  # return an integer no store can keep
 
 
 class Gates:
@@ -50,11 +54,15 @@ def build_app(
             gate = asyncio.create_task(gates[step.gate].wait())
             while not gate.done():
                 await ctx.sleep(0.01)  # raises JobCancelled on cancel
+        if step.say is not None:
+            await ctx.report(step.say.replace("{NUL}", "\x00"))  # a NUL made by the operation itself
         if step.crash:
             raise RuntimeError("an unexpected bug")
         if step.fail:
             raise OperationError(step.fail, f"failed on purpose: {step.fail}")
-        return {"name": step.name}
+        if step.huge_result:
+            return {"n": 2**70}
+        return {"name": step.name} if step.result is None else step.result
 
     @jobs.operation("thing.sync")
     def make_in_thread(ctx: ThreadJobContext, step: Step) -> dict[str, Any]:

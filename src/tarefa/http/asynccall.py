@@ -23,6 +23,7 @@ from starlette.responses import Response
 from ..jobs import Viewer
 from ..model import Job
 from ..store import Idempotency, IdempotencyMismatch, ResourceBusy, StoreError
+from ..values import UnstorableValue
 from .access import viewer_of
 from .errors import ApiError
 from .wire import ErrorBody, JobEnvelope, job_headers, job_to_wire, json_response
@@ -66,6 +67,8 @@ class JobStarter:
             )
         except ResourceBusy as exc:
             raise _busy(exc, self.engine.jobs_href) from None
+        except UnstorableValue as exc:
+            raise _unstorable(exc) from None
         except IdempotencyMismatch as exc:
             raise _mismatch(exc) from None
         job, status = created.job, created.answer_status
@@ -114,6 +117,12 @@ def _busy(exc: ResourceBusy, jobs_href: str) -> ApiError:
         f"job {exc.job_id} is already working on this resource; wait for it to end",
         details={"job": link},
     )
+
+
+def _unstorable(exc: UnstorableValue) -> ApiError:
+    """400: the request validated, but a part of it cannot be stored (the same on every store)."""
+    code = "invalid_parameter" if exc.path == "Idempotency-Key" else "invalid_body"
+    return ApiError(400, code, f"{exc.path or 'the body'} {exc.reason}", target=exc.path or "body")
 
 
 def _mismatch(exc: IdempotencyMismatch) -> ApiError:

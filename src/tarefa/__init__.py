@@ -25,6 +25,7 @@ from .http.docs import serve_api_docs
 from .http.mount import Tarefa
 from .model import Job, JobError, JobState
 from .operations import JobCancelled, JobContext, OperationError, ThreadJobContext
+from .store import Precondition
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "JobStarter",
     "JobState",
     "OperationError",
+    "Precondition",
     "Tarefa",
     "ThreadJobContext",
     "__version__",

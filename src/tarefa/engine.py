@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -162,3 +162,8 @@ class Engine:
         """The application's documents of ``kind``, kept in the job store (started engine only):
         ``await tarefa.documents("host").get("esx-01")``."""
         return DocumentKind(self.store.documents, kind)
+
+    async def claim_documents(self, documents: Sequence[tuple[str, str, dict[str, Any]]]) -> bool:
+        """Insert every ``(kind, key, data)`` in one transaction, or none (False) if any key
+        exists: names that two concurrent requests must never both get (on every store)."""
+        return await self.store.insert_documents(documents)

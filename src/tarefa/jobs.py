@@ -19,7 +19,7 @@ from typing import Any
 from . import model
 from .model import Job, JobEvent
 from .operations import OperationRegistry, dump_input
-from .store import Created, Idempotency, JobQuery, JobStore, ResourceBusy
+from .store import Created, Idempotency, JobQuery, JobStore, Precondition, ResourceBusy
 from .values import check_text, text_problem
 from .waiting import ChangeHub
 
@@ -81,10 +81,12 @@ class Jobs:
         resource: str | None = None,
         resource_key: str | None = None,
         idempotency: Idempotency | None = None,
+        precondition: Precondition | None = None,
     ) -> Created:
         """Store a queued job of ``operation`` for ``viewer``, durably (the core of every
         asynchronous call). :class:`~tarefa.store.ResourceBusy` names the holding job only when
-        the viewer may see it (``job_id`` is empty otherwise)."""
+        the viewer may see it (``job_id`` is empty otherwise). A ``precondition`` is checked on
+        an application document in the same transaction as the insert (what it raises is raised)."""
         declared = self._operations.get(operation)
         if declared is None:
             raise UnknownOperation(f"unknown operation {operation!r}: declare it with @tarefa.operation({operation!r})")
@@ -103,7 +105,9 @@ class Jobs:
             max_attempts=declared.max_attempts,
         )
         try:
-            return await self.store.create_job(job, idempotency=idempotency, resource_key=resource_key)
+            return await self.store.create_job(
+                job, idempotency=idempotency, resource_key=resource_key, precondition=precondition
+            )
         except ResourceBusy as exc:
             holder = await self.store.get_job(exc.job_id, viewer.owner_filter) if exc.job_id else None
             raise ResourceBusy(exc.resource_key, holder.id if holder else "") from None

@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from ..jobs import Viewer
 from ..model import Job
-from ..store import Idempotency, IdempotencyMismatch, ResourceBusy, StoreError
+from ..store import Idempotency, IdempotencyMismatch, Precondition, ResourceBusy, StoreError
 from ..values import UnstorableValue
 from .access import viewer_of
 from .errors import ApiError
@@ -50,11 +50,14 @@ class JobStarter:
         *,
         resource: str | None = None,
         resource_key: str | None = None,
+        precondition: Precondition | None = None,
     ) -> Response:
         """Store a queued job durably, then answer 202 (or 200 if it ends within return_timeout).
 
         ``resource`` is the href of what the job creates or changes; ``resource_key`` makes the
-        call a 409 while another job on the same key is queued or running.
+        call a 409 while another job on the same key is queued or running; ``precondition``
+        checks an application document in the same transaction as the job's insert (raise an
+        :class:`ApiError` from its check to refuse the call), so a check-then-act cannot race.
         """
         try:
             created = await self.engine.jobs.start(
@@ -64,6 +67,7 @@ class JobStarter:
                 resource=resource,
                 resource_key=resource_key,
                 idempotency=self.idempotency,
+                precondition=precondition,
             )
         except ResourceBusy as exc:
             raise _busy(exc, self.engine.jobs_href) from None

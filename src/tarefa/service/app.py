@@ -17,12 +17,15 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Path, Response
 from pydantic import BaseModel, Field
 
-from tarefa import ApiError, AsyncCall, JobContext, OperationError, Tarefa, asynchronous, serve_api_docs
+from tarefa import ApiError, AsyncCall, JobContext, OperationError, Precondition, Tarefa, asynchronous, serve_api_docs
 
 UNREACHABLE = ipaddress.ip_network("192.0.2.0/24")
 FAILS_DEPLOY = ipaddress.ip_network("198.51.100.0/24")
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 HOST, CLUSTER = "host", "cluster"
+# Claims that make the rules of SPEC §9 hold in the store, across processes: one cluster per name,
+# one cluster per host. Taken with the cluster in one transaction, dropped with it.
+CLUSTER_NAME, HOST_USE = "cluster-name", "host-use"
 ClusterId = Annotated[str, Path(description="the cluster's id")]
 
 
@@ -118,14 +121,37 @@ def _declare_operations(jobs: Tarefa, step_delay: float) -> None:
             )
             await ctx.sleep(step_delay)
         await jobs.documents(CLUSTER).delete(cluster_id)
+        for node in cluster["nodes"]:
+            await jobs.documents(HOST_USE).delete(node["host"])
+        await jobs.documents(CLUSTER_NAME).delete(cluster["name"])
         return {"id": cluster_id, "name": cluster["name"], "state": "deleted"}
 
 
 async def _cluster(jobs: Tarefa, cluster_id: str) -> dict[str, Any]:
     cluster = await jobs.documents(CLUSTER).get(cluster_id)
     if cluster is None:
-        raise ApiError(404, "cluster_not_found", f"there is no cluster {cluster_id!r}", target="id")
+        raise _no_cluster(cluster_id)
     return cluster
+
+
+def _no_cluster(cluster_id: str) -> ApiError:
+    return ApiError(404, "cluster_not_found", f"there is no cluster {cluster_id!r}", target="id")
+
+
+def _cluster_exists(name: str) -> ApiError:
+    return ApiError(409, "cluster_exists", f"a cluster named {name!r} exists already", target="name")
+
+
+async def _taken(jobs: Tarefa, body: ClusterIn) -> ApiError | None:
+    """Why the cluster cannot be configured now: its name, or one of its hosts, is taken."""
+    if await jobs.documents(CLUSTER_NAME).get(body.name) is not None:
+        return _cluster_exists(body.name)
+    for name in body.hosts:
+        use = await jobs.documents(HOST_USE).get(name)
+        if use is not None:
+            message = f"host {name!r} already runs a node of cluster {use['cluster']!r}"
+            return ApiError(409, "host_in_use", message, target="hosts")
+    return None
 
 
 async def _save_cluster(jobs: Tarefa, cluster: dict[str, Any], *, state: str) -> dict[str, Any]:
@@ -140,10 +166,17 @@ async def _save_cluster(jobs: Tarefa, cluster: dict[str, Any], *, state: str) ->
 def _host_routes(app: FastAPI, jobs: Tarefa) -> None:
     @app.post("/api/hosts", tags=["hosts"], summary="Register a host", **asynchronous())
     async def register_host(host: HostIn, call: AsyncCall) -> Response:
-        if await jobs.documents(HOST).get(host.name) is not None:
-            raise ApiError(409, "host_exists", f"a host named {host.name!r} is already registered", target="name")
+        def absent(record: dict[str, Any] | None) -> None:
+            if record is not None:
+                raise ApiError(409, "host_exists", f"a host named {host.name!r} is already registered", target="name")
+
+        absent(await jobs.documents(HOST).get(host.name))  # the common case, before any work
         return await call.start(
-            "host.register", host, resource=f"/api/hosts/{host.name}", resource_key=f"host:{host.name}"
+            "host.register",
+            host,
+            resource=f"/api/hosts/{host.name}",
+            resource_key=f"host:{host.name}",
+            precondition=Precondition(HOST, host.name, absent),  # holds when the job is stored
         )
 
     @app.get("/api/hosts", tags=["hosts"], summary="List hosts")
@@ -162,9 +195,8 @@ def _cluster_routes(app: FastAPI, jobs: Tarefa) -> None:
     @app.post("/api/clusters", status_code=201, tags=["clusters"], summary="Configure a cluster")
     async def create_cluster(body: ClusterIn, response: Response) -> dict[str, Any]:
         await _check_hosts(jobs, body)
-        clusters = await jobs.documents(CLUSTER).list()
-        if any(cluster["name"] == body.name for cluster in clusters):
-            raise ApiError(409, "cluster_exists", f"a cluster named {body.name!r} exists already", target="name")
+        if (taken := await _taken(jobs, body)) is not None:
+            raise taken
         cluster_id = secrets.token_urlsafe(9)
         cluster = {
             "id": cluster_id,
@@ -177,7 +209,12 @@ def _cluster_routes(app: FastAPI, jobs: Tarefa) -> None:
             ],
             "_links": {"self": {"href": f"/api/clusters/{cluster_id}"}},
         }
-        await jobs.documents(CLUSTER).put(cluster_id, cluster)
+        claims = [
+            (CLUSTER_NAME, body.name, {"id": cluster_id}),
+            *((HOST_USE, h, {"cluster": body.name}) for h in body.hosts),
+        ]
+        if not await jobs.claim_documents([*claims, (CLUSTER, cluster_id, cluster)]):
+            raise await _taken(jobs, body) or _cluster_exists(body.name)  # another request was first
         response.headers["Location"] = f"/api/clusters/{cluster_id}"
         return {"record": cluster}
 
@@ -191,17 +228,37 @@ def _cluster_routes(app: FastAPI, jobs: Tarefa) -> None:
 
     @app.post("/api/clusters/{cluster_id}/deploy", tags=["clusters"], summary="Deploy a cluster", **asynchronous())
     async def deploy(cluster_id: ClusterId, call: AsyncCall) -> Response:
-        cluster = await _cluster(jobs, cluster_id)
-        if cluster["state"] == "online":
-            raise ApiError(409, "cluster_online", f"cluster {cluster['name']!r} is already online", target="id")
+        def offline(cluster: dict[str, Any] | None) -> None:
+            if cluster is None:
+                raise _no_cluster(cluster_id)
+            if cluster["state"] == "online":
+                raise ApiError(409, "cluster_online", f"cluster {cluster['name']!r} is already online", target="id")
+
+        offline(await jobs.documents(CLUSTER).get(cluster_id))
         href = f"/api/clusters/{cluster_id}"
-        return await call.start("cluster.deploy", cluster_id, resource=href, resource_key=f"cluster:{cluster_id}")
+        return await call.start(
+            "cluster.deploy",
+            cluster_id,
+            resource=href,
+            resource_key=f"cluster:{cluster_id}",
+            precondition=Precondition(CLUSTER, cluster_id, offline),  # no deploy of an online cluster, ever
+        )
 
     @app.delete("/api/clusters/{cluster_id}", tags=["clusters"], summary="Delete a cluster", **asynchronous())
     async def delete(cluster_id: ClusterId, call: AsyncCall) -> Response:
-        await _cluster(jobs, cluster_id)
+        def exists(cluster: dict[str, Any] | None) -> None:
+            if cluster is None:
+                raise _no_cluster(cluster_id)
+
+        exists(await jobs.documents(CLUSTER).get(cluster_id))
         href = f"/api/clusters/{cluster_id}"
-        return await call.start("cluster.delete", cluster_id, resource=href, resource_key=f"cluster:{cluster_id}")
+        return await call.start(
+            "cluster.delete",
+            cluster_id,
+            resource=href,
+            resource_key=f"cluster:{cluster_id}",
+            precondition=Precondition(CLUSTER, cluster_id, exists),
+        )
 
 
 async def _check_hosts(jobs: Tarefa, body: ClusterIn) -> None:
@@ -218,9 +275,3 @@ async def _check_hosts(jobs: Tarefa, body: ClusterIn) -> None:
         host = await jobs.documents(HOST).get(name)
         if host is None or host.get("state") != "registered":
             raise ApiError(400, "invalid_body", f"host {name!r} is not registered: register it first", target="hosts")
-    in_use = {node["host"]: c["name"] for c in await jobs.documents(CLUSTER).list() for node in c["nodes"]}
-    taken = [name for name in body.hosts if name in in_use]
-    if taken:
-        raise ApiError(
-            409, "host_in_use", f"host {taken[0]!r} already runs a node of cluster {in_use[taken[0]]!r}", target="hosts"
-        )

@@ -73,6 +73,17 @@ class Idempotency:
 
 
 @dataclass(frozen=True, slots=True)
+class Precondition:
+    """A check on an application document that must hold when a job is created, in the same
+    transaction: ``check(document)`` (the document or None) raises to refuse the job. It runs
+    inside the store's transaction (on its writer thread, for SQLite): keep it quick and pure."""
+
+    kind: str
+    key: str
+    check: Callable[[dict[str, Any] | None], None]
+
+
+@dataclass(frozen=True, slots=True)
 class Created:
     """What :meth:`Store.create_job` did: ``created`` is False for a replayed idempotency key,
     in which case ``job`` is the first job *as it is now* and ``answer_status`` the status code

@@ -21,7 +21,7 @@ checks each one):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -37,6 +37,7 @@ from .base import (
     JobQuery,
     Listeners,
     Outcome,
+    Precondition,
     ResourceBusy,
     StoreError,
     apply_outcome,
@@ -44,9 +45,11 @@ from .base import (
 from .documents import Documents
 from .steps import (
     DeleteJob,
+    InsertDocuments,
     InsertJob,
     ListEvents,
     ListJobs,
+    LoadDocument,
     LoadHeld,
     LoadIdempotent,
     LoadJob,
@@ -117,7 +120,12 @@ class JobStore(ABC):
     # -- creating ---------------------------------------------------------------------------------
 
     async def create_job(
-        self, job: Job, *, idempotency: Idempotency | None = None, resource_key: str | None = None
+        self,
+        job: Job,
+        *,
+        idempotency: Idempotency | None = None,
+        resource_key: str | None = None,
+        precondition: Precondition | None = None,
     ) -> Created:
         """Insert a ``queued`` job durably, atomically with its checks.
 
@@ -125,8 +133,15 @@ class JobStore(ABC):
           ``Created(existing, created=False, answer_status=...)``; other hash →
           :class:`IdempotencyMismatch`. Nothing is inserted.
         - resource_key given and held by a non-terminal job → :class:`ResourceBusy`.
+        - precondition given: its check runs on the document, locked, in the same transaction;
+          what it raises is raised here, and nothing is inserted.
         """
-        return await self._write(lambda: _create(job, idempotency, resource_key))
+        return await self._write(lambda: _create(job, idempotency, resource_key, precondition))
+
+    async def insert_documents(self, documents: Sequence[tuple[str, str, dict[str, Any]]]) -> bool:
+        """Insert every ``(kind, key, data)``, in one transaction, or none of them (False) if any
+        key exists already: a claim of several names at once that two callers cannot share."""
+        return bool(await self._write(lambda: _one(InsertDocuments(tuple(documents)))))
 
     async def replay_idempotent(self, owner: str, idempotency: Idempotency) -> Created | None:
         """The job first created with this key by ``owner`` (``Created(job, created=False,
@@ -232,10 +247,14 @@ def _one(step: Any) -> Program[Any]:
     return (yield step)
 
 
-def _create(job: Job, idempotency: Idempotency | None, resource_key: str | None) -> Program[Created]:
+def _create(
+    job: Job, idempotency: Idempotency | None, resource_key: str | None, precondition: Precondition | None
+) -> Program[Created]:
     # Each step sees the latest commits, so a conflict found by the insert is visible to the
     # lookups that follow; a conflicting job that ended meanwhile means: try again.
     for _ in range(_CREATE_ATTEMPTS):
+        if precondition is not None:
+            precondition.check((yield LoadDocument(precondition.kind, precondition.key)))
         if idempotency is not None:
             replay = yield from _replay(job.owner, idempotency)
             if replay is not None:

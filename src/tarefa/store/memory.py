@@ -9,6 +9,7 @@ back is what a durable store would give back. A write runs its program at once, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,9 +25,11 @@ from .jobstore import JobStore
 from .steps import (
     DeleteJob,
     IdempotentEntry,
+    InsertDocuments,
     InsertJob,
     ListEvents,
     ListJobs,
+    LoadDocument,
     LoadHeld,
     LoadIdempotent,
     LoadJob,
@@ -127,6 +130,11 @@ class MemoryStore(JobStore, Documents):
                 return self._idempotent(owner, key)
             case LoadResourceHolder(resource_key):
                 return self._holder(resource_key)
+            case LoadDocument(kind, key):
+                data = self._documents.get((kind, key))
+                return None if data is None else dict(orjson.loads(data))
+            case InsertDocuments(documents):
+                return self._insert_documents(documents)
             case InsertJob(job, resource_key, idempotency):
                 return self._insert(
                     job, resource_key, None if idempotency is None else (idempotency.key, idempotency.request_hash)
@@ -154,6 +162,14 @@ class MemoryStore(JobStore, Documents):
                 events = row.events if row is not None else []
                 return [event for event in events if event.seq > after][:limit]
         raise AssertionError(f"unknown step {step!r}")
+
+    def _insert_documents(self, documents: tuple[tuple[str, str, dict[str, Any]], ...]) -> bool:
+        if any((kind, key) in self._documents for kind, key, _ in documents):
+            return False
+        for kind, key, data in documents:
+            self._documents[kind, key] = json_bytes(data)
+            self._undo.append(functools.partial(_forget_document, self._documents, (kind, key)))
+        return True
 
     def _job(self, job_id: str) -> Job | None:
         row = self._rows.get(job_id)
@@ -237,6 +253,10 @@ class MemoryStore(JobStore, Documents):
     async def delete_document(self, kind: str, key: str) -> bool:
         self._check_open()
         return self._documents.pop((kind, key), None) is not None
+
+
+def _forget_document(documents: dict[tuple[str, str], bytes], key: tuple[str, str]) -> None:
+    documents.pop(key, None)
 
 
 def _unset(rows: dict[str, _Row], job_id: str) -> None:

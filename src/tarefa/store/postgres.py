@@ -61,9 +61,11 @@ from .postgres_listen import ChangeFeed, Connection, encode_changes
 from .steps import (
     DeleteJob,
     IdempotentEntry,
+    InsertDocuments,
     InsertJob,
     ListEvents,
     ListJobs,
+    LoadDocument,
     LoadHeld,
     LoadIdempotent,
     LoadJob,
@@ -325,6 +327,12 @@ class PgSteps:
             case LoadResourceHolder(resource_key):
                 row = await self._row(q.SELECT_RESOURCE_HOLDER, {"resource_key": resource_key})
                 return None if row is None else row["id"]
+            case LoadDocument(kind, key):
+                statement = q.GET_DOCUMENT_FOR_UPDATE if self.locking else q.GET_DOCUMENT
+                row = await self._row(statement, {"kind": kind, "key": key})
+                return None if row is None else dict(row["data"])
+            case InsertDocuments(documents):
+                return await self._insert_documents(documents)
             case InsertJob(job, resource_key, idempotency):
                 return await self._insert(job, resource_key, idempotency)
             case SaveJobs(jobs):
@@ -360,6 +368,21 @@ class PgSteps:
 
     async def _jobs(self, statement: str | sql.Composed, params: dict[str, Any]) -> list[Job]:
         return [_row_to_job(row) for row in await self._rows(statement, params)]
+
+    async def _insert_documents(self, documents: tuple[tuple[str, str, dict[str, Any]], ...]) -> bool:
+        """All or none: the rows inserted before a conflict are undone by a savepoint of their own."""
+        params = {
+            "kinds": [kind for kind, _, _ in documents],
+            "keys": [key for _, key, _ in documents],
+            "data": [_jsonb(data) for _, _, data in documents],
+        }
+        await self.cursor.execute(q.SAVEPOINT_DOCUMENTS)
+        inserted = await self._rows(q.INSERT_DOCUMENTS, params)
+        if len(inserted) < len(documents):
+            await self.cursor.execute(q.UNDO_DOCUMENTS)
+            return False
+        await self.cursor.execute(q.RELEASE_DOCUMENTS)
+        return True
 
     async def _insert(self, job: Job, resource_key: str | None, idempotency: Idempotency | None) -> JobEvent | None:
         params = {

@@ -325,6 +325,22 @@ ADD_DOCUMENT = """
 
 GET_DOCUMENT = "SELECT data FROM tarefa_resources WHERE kind = %(kind)s AND key = %(key)s"
 
+GET_DOCUMENT_FOR_UPDATE = GET_DOCUMENT + " FOR UPDATE"
+
+# Several documents at once, all or none (see PgSteps._insert_documents).
+INSERT_DOCUMENTS = """
+    INSERT INTO tarefa_resources (kind, key, data)
+    SELECT * FROM unnest(%(kinds)s::text[], %(keys)s::text[], %(data)s::jsonb[])
+    ON CONFLICT (kind, key) DO NOTHING
+    RETURNING key
+"""
+
+SAVEPOINT_DOCUMENTS = "SAVEPOINT tarefa_documents"
+
+UNDO_DOCUMENTS = "ROLLBACK TO SAVEPOINT tarefa_documents; RELEASE SAVEPOINT tarefa_documents"
+
+RELEASE_DOCUMENTS = "RELEASE SAVEPOINT tarefa_documents"
+
 LIST_DOCUMENTS = "SELECT data FROM tarefa_resources WHERE kind = %(kind)s ORDER BY key"
 
 DELETE_DOCUMENT = "DELETE FROM tarefa_resources WHERE kind = %(kind)s AND key = %(key)s"

@@ -31,9 +31,11 @@ from .sqlite_connection import ConnectionThread, Work
 from .steps import (
     DeleteJob,
     IdempotentEntry,
+    InsertDocuments,
     InsertJob,
     ListEvents,
     ListJobs,
+    LoadDocument,
     LoadHeld,
     LoadIdempotent,
     LoadJob,
@@ -116,6 +118,16 @@ class Steps:
             case LoadResourceHolder(resource_key):
                 row = self.conn.execute(sql.SELECT_RESOURCE_HOLDER, (resource_key,)).fetchone()
                 return None if row is None else row[0]
+            case LoadDocument(kind, key):
+                row = self.conn.execute(sql.GET_DOCUMENT, (kind, key)).fetchone()
+                return None if row is None else dict(orjson.loads(row[0]))
+            case InsertDocuments(documents):
+                keys = [(kind, key) for kind, key, _ in documents]
+                if any(self.conn.execute(sql.GET_DOCUMENT, key).fetchone() for key in keys):
+                    return False
+                rows = [(kind, key, json_text(data)) for kind, key, data in documents]
+                self.conn.executemany(sql.PUT_DOCUMENT, rows)
+                return True
             case InsertJob(job, resource_key, idempotency):
                 idem = (idempotency.key, idempotency.request_hash) if idempotency else (None, None)
                 cursor = self.conn.execute(sql.INSERT_JOB, (*CODEC.encode(job), resource_key, *idem))

@@ -81,6 +81,22 @@ class LoadResourceHolder:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadDocument:
+    """→ ``dict | None``: an application document (:mod:`tarefa.store.documents`), locked until
+    the transaction ends in a write, so that a check made on it holds when the write commits."""
+
+    kind: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class InsertDocuments:
+    """→ ``bool``: insert every document, or none if any key exists (then nothing is kept)."""
+
+    documents: tuple[tuple[str, str, dict[str, Any]], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class InsertJob:
     """→ ``JobEvent | None``: insert the job and its first event; None (nothing inserted) when
     its id, its idempotency key (per owner) or its resource key (among non-terminal jobs) is
@@ -149,8 +165,9 @@ class ListEvents:
 
 
 Step = (
-    LoadJob | LoadQueued | LoadHeld | LoadLost | LoadIdempotent | LoadResourceHolder | InsertJob | SaveJobs
-    | DeleteJob | PurgeJobs | RenewLeases | SetAnswerStatus | ListJobs | ListEvents
+    LoadJob | LoadQueued | LoadHeld | LoadLost | LoadIdempotent | LoadResourceHolder | LoadDocument
+    | InsertDocuments | InsertJob | SaveJobs | DeleteJob | PurgeJobs | RenewLeases | SetAnswerStatus | ListJobs
+    | ListEvents
 )  # fmt: skip
 
 #: A rule: yields steps, is sent their results, returns its value.

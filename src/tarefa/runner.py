@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import secrets
 import socket
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
+from .backoff import Backoff
 from .model import Job, JobState
 from .operations import (
     JobCancelled,
@@ -36,6 +38,8 @@ log = logging.getLogger("tarefa.runner")
 
 
 _UNSTORABLE = "The job's outcome could not be stored; the server log has the details (job {})"
+#: The pause between attempts to store an outcome while the store cannot write.
+OUTCOME_BACKOFF = Backoff(first=0.05, factor=2.0, cap=2.0, jitter=0.25)
 
 
 def new_worker_id() -> str:
@@ -95,9 +99,14 @@ class Runner:
     # -- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Recover what a crashed process left, then start claiming."""
+        """Recover what a crashed process left, then start claiming. A store that cannot write
+        yet (a full disk) does not stop the start: the recovery scan tries again while running."""
         self.store.add_listener(self.on_changes)
-        recovered = await self.store.recover_jobs(expired_only=not self.store.exclusive)
+        try:
+            recovered = await self.store.recover_jobs(expired_only=not self.store.exclusive)
+        except StoreUnavailable as exc:
+            log.warning("cannot recover the jobs a stopped process left yet (will retry): %s", exc)
+            recovered = []
         for job in recovered:
             log.warning(
                 "recovered job %s (%s) left running by a stopped process: now %s",
@@ -107,8 +116,7 @@ class Runner:
             )
         if self.concurrency > 0:
             self._tasks = [asyncio.create_task(self._claim_loop()), asyncio.create_task(self._lease_loop())]
-        if not self.store.exclusive:
-            self._tasks.append(asyncio.create_task(self._recovery_loop()))
+        self._tasks.append(asyncio.create_task(self._recovery_loop()))
 
     def stop_accepting(self) -> None:
         """Stop taking new jobs (the first step of a graceful stop)."""
@@ -129,7 +137,11 @@ class Runner:
             task.cancel()
         await asyncio.gather(*self._tasks, *(task for task, _ in self._running.values()), return_exceptions=True)
         if left:
-            released = await self.store.release_jobs(self.worker_id, left)
+            try:
+                released = await self.store.release_jobs(self.worker_id, left)
+            except StoreError as exc:  # their leases will run out; the next start recovers them
+                log.warning("cannot release %d job(s) at stop: %s", len(left), exc)
+                released = []
             for job in released:
                 log.warning("released job %s at stop: now %s", job.id, job.state)
         self._threads.shutdown(wait=False, cancel_futures=True)
@@ -221,33 +233,36 @@ class Runner:
             )
 
     async def _finish(self, job: Job, outcome: Outcome) -> None:
-        """Store the outcome; retry while the store is unreachable and the lease may still be ours.
+        """Store the outcome. While the store cannot write (unreachable, a full disk), the
+        outcome is kept and retried with backoff until the store takes it or this process stops.
 
-        An outcome the store refuses for good (say, text PostgreSQL cannot hold) becomes an
-        ``internal_error`` failure, so the job still ends now rather than at its lease's end.
+        An outcome the store refuses for good becomes an ``internal_error`` failure, so the job
+        still ends now rather than at its lease's end.
         """
-        delay, retried = 0.05, False
-        for _ in range(int(self.lease_seconds / 0.5) + 1):
+        attempt = 0
+        while True:
             try:
                 finished = await self.store.finish_job(job.id, self.worker_id, outcome)
             except StoreUnavailable as exc:
-                log.warning("cannot store the end of job %s (retrying): %s", job.id, exc)
-                retried = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                if attempt % 30 == 0:
+                    log.warning("cannot store the end of job %s yet; keeping it and retrying: %s", job.id, exc)
+                await asyncio.sleep(OUTCOME_BACKOFF.delay(attempt, random.random))
+                attempt += 1
                 continue
             except StoreError as exc:
                 log.error("the store refused the outcome of job %s: %s", job.id, exc)
                 if outcome.error_code == "internal_error":
-                    return  # not even a plain failure can be stored: the lease's end will settle it
+                    return  # not even a plain failure can be stored: the recovery scan will settle it
                 outcome = Outcome(
                     JobState.FAILURE, error_code="internal_error", error_message=_UNSTORABLE.format(job.id)
                 )
                 continue
-            if finished is None and retried:
+            if finished is None and attempt:
                 log.info("job %s has already ended: an earlier attempt to store its outcome may have landed", job.id)
             elif finished is None:
                 log.warning("job %s ended, but this worker no longer held it; its outcome is dropped", job.id)
+            elif attempt:
+                log.info("stored the end of job %s after %d attempt(s)", job.id, attempt + 1)
             return
 
     async def _report(self, job_id: str, message: str | None, progress: int | None) -> None:
@@ -269,10 +284,16 @@ class Runner:
                 log.warning("cannot renew leases: %s", exc)
 
     async def _recovery_loop(self) -> None:
-        """Shared stores: recover jobs whose worker stopped renewing (SPEC §5), soon after expiry."""
+        """Recover jobs whose worker stopped renewing its lease (SPEC §5), soon after expiry. On
+        a store this process owns, such jobs appear only when a write failed for long (a full
+        disk): this process's own leases are renewed first, so only jobs it gave up are taken."""
         while True:
-            await asyncio.sleep(min(2.0, self.lease_seconds / 5))
+            await asyncio.sleep(
+                min(2.0, self.lease_seconds / 5) if not self.store.exclusive else self.lease_seconds / 3
+            )
             try:
+                if self.store.exclusive:
+                    await self._renew()
                 for job in await self.store.recover_jobs(expired_only=True):
                     log.warning("recovered job %s whose worker stopped renewing its lease: now %s", job.id, job.state)
             except StoreError as exc:

@@ -7,6 +7,7 @@ steps in :mod:`tarefa.client.core`, run by two drivers (:mod:`tarefa.client.driv
 
 from __future__ import annotations
 
+from ..backoff import Backoff
 from .async_client import AsyncClient
 from .config import DEFAULT_JOBS_PATH, DEFAULT_URL, ClientOptions
 from .core import JobPage, new_idempotency_key
@@ -22,7 +23,6 @@ from .errors import (
     WaitTimeout,
 )
 from .job import Job, JobError, JobState
-from .retry import Backoff
 from .sync_client import Client
 
 __all__ = [

@@ -11,7 +11,7 @@ from typing import Any, TypedDict
 
 import httpx
 
-from .retry import Backoff
+from ..backoff import Backoff
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_JOBS_PATH = "/api/jobs"

@@ -11,26 +11,13 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
+from ..backoff import Backoff
+
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 """Answers that mean "not now" rather than "no": retried like a connection error."""
 
 MIN_PAUSE = 0.1
 """The shortest pause after an early answer without a change, whatever the backoff settings."""
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with jitter: attempt ``n`` waits ``min(cap, first * factor**n)``,
-    scaled by a random factor in ``[1 - jitter, 1]``."""
-
-    first: float = 0.25
-    factor: float = 2.0
-    cap: float = 10.0
-    jitter: float = 0.5
-
-    def delay(self, attempt: int, random: Callable[[], float]) -> float:
-        base = min(self.cap, self.first * self.factor ** min(attempt, 64))
-        return base * (1.0 - self.jitter * random())
 
 
 def retry_after(response: httpx.Response, now: Callable[[], datetime] | None = None) -> float | None:

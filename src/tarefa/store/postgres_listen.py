@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import orjson
 import psycopg
 
+from ..backoff import Backoff
 from ..model import FIELDS, Job, JobError, JobState, event_of, utcnow
 from . import postgres_sql as q
 from .base import JobChange, StoreError
@@ -146,10 +148,11 @@ class ChangeFeed:
 
     async def _reconnect(self) -> Connection:
         """Connect again (with a growing delay), then emit what changed while we were away."""
-        delay = self._reconnect_delay
+        backoff = Backoff(first=self._reconnect_delay, cap=MAX_RECONNECT_DELAY, jitter=0.25)
+        attempt = 0
         while True:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_RECONNECT_DELAY)
+            await asyncio.sleep(backoff.delay(attempt, random.random))
+            attempt += 1
             try:
                 conn = await self._connect()
             except (psycopg.Error, OSError) as exc:

@@ -54,6 +54,10 @@ from .steps import (
 
 T = TypeVar("T")
 SYNCHRONOUS_MODES = ("full", "normal")
+#: WAL pages written before a checkpoint (SQLite's default is 1000 pages, ~4 MB).
+WAL_CHECKPOINT_PAGES = 100
+#: The size the WAL file is cut back to after a checkpoint, in bytes.
+WAL_SIZE_LIMIT = 512 * 1024
 NO_CHANGES: tuple[JobChange, ...] = ()
 CODEC = Codec(
     encoders={"time": model.to_microseconds, "json": json_text, "bool": int},
@@ -259,6 +263,9 @@ class SQLiteStore(JobStore, Documents):
         conn.execute("PRAGMA busy_timeout = 10000")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        # Checkpoint every ~400 KB of WAL and cut the file back after, so it stays small.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         return conn
 
     def _connect_writer(self) -> sqlite3.Connection:

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from .base import JobChange, StoreError
+from .base import JobChange, StoreError, StoreUnavailable
 
 log = logging.getLogger("tarefa.store.sqlite")
 
@@ -105,27 +105,29 @@ class ConnectionThread(threading.Thread):
     def _execute(
         self, conn: sqlite3.Connection, calls: list[_Call[Any]]
     ) -> tuple[list[tuple[bool, Any]], list[JobChange]]:
-        outcomes: list[tuple[bool, Any]] = []
-        changes: list[JobChange] = []
         if not self._transactional:
-            for item in calls:
-                outcomes.append(_run(conn, item.work, changes))
-            return outcomes, changes
+            changes: list[JobChange] = []
+            return [_run(conn, item.work, changes) for item in calls], changes
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for item in calls:
-                conn.execute("SAVEPOINT call")
-                outcome = _run(conn, item.work, changes)
-                conn.execute("RELEASE call" if outcome[0] else "ROLLBACK TO call")
-                if not outcome[0]:
-                    conn.execute("RELEASE call")
-                outcomes.append(outcome)
-            conn.execute("COMMIT")
+            return _transaction(conn, calls)
         except sqlite3.Error as exc:
-            log.error("SQLite commit failed: %s", exc)
             _rollback(conn)
-            error = StoreError(f"the SQLite store could not commit: {exc}")
-            return [(False, error)] * len(calls), []
+            if len(calls) == 1:
+                log.error("SQLite commit failed: %s", exc)
+                return [(False, _as_store_error(exc))], []
+        # A batch that cannot commit (a nearly full disk) is written call by call: what fits, lands.
+        log.warning("SQLite could not commit a batch of %d writes; writing them one by one", len(calls))
+        outcomes: list[tuple[bool, Any]] = []
+        changes = []
+        for item in calls:
+            try:
+                alone, made = _transaction(conn, [item])
+            except sqlite3.Error as exc:
+                _rollback(conn)
+                log.error("SQLite commit failed: %s", exc)
+                alone, made = [(False, _as_store_error(exc))], []
+            outcomes += alone
+            changes += made
         return outcomes, changes
 
     def _finish(self, calls: list[_Call[Any]], outcomes: list[tuple[bool, Any]], changes: list[JobChange]) -> None:
@@ -140,6 +142,23 @@ class ConnectionThread(threading.Thread):
                     _set_exception(item.future, value)
 
 
+def _transaction(conn: sqlite3.Connection, calls: list[_Call[Any]]) -> tuple[list[tuple[bool, Any]], list[JobChange]]:
+    """The calls in one transaction, each in a savepoint of its own (a failing call is undone
+    alone); raises :class:`sqlite3.Error` if the transaction itself fails."""
+    outcomes: list[tuple[bool, Any]] = []
+    changes: list[JobChange] = []
+    conn.execute("BEGIN IMMEDIATE")
+    for item in calls:
+        conn.execute("SAVEPOINT call")
+        outcome = _run(conn, item.work, changes)
+        conn.execute("RELEASE call" if outcome[0] else "ROLLBACK TO call")
+        if not outcome[0]:
+            conn.execute("RELEASE call")
+        outcomes.append(outcome)
+    conn.execute("COMMIT")
+    return outcomes, changes
+
+
 def _run(conn: sqlite3.Connection, work: Work[Any], changes: list[JobChange]) -> tuple[bool, Any]:
     try:
         value, made = work(conn)
@@ -149,10 +168,18 @@ def _run(conn: sqlite3.Connection, work: Work[Any], changes: list[JobChange]) ->
     return True, value
 
 
+#: Primary result codes that mean "not now": the disk is full or failing; retrying later may work.
+_TRANSIENT = {sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+
+
 def _as_store_error(exc: Exception) -> Exception:
-    if isinstance(exc, sqlite3.Error):
-        return StoreError(f"SQLite error: {exc}")
-    return exc
+    """The store's own error for a driver error (a full disk is :class:`StoreUnavailable`)."""
+    if not isinstance(exc, sqlite3.Error):
+        return exc
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _TRANSIENT:
+        return StoreUnavailable(f"the SQLite store cannot write now ({exc}); free disk space, then try again")
+    return StoreError(f"SQLite error: {exc}")
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -26,5 +26,5 @@ def test_a_short_chaos_run_keeps_every_promise() -> None:
     assert done.stdout.strip(), done.stderr
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert done.returncode == 0 and figures["ok"], figures
-    assert figures["accepted"] > 50 and figures["kills"] >= 5 and figures["postgres_restarts"] == 1, figures
+    assert figures["accepted"] > 50 and figures["kills"] >= 3 and figures["postgres_restarts"] == 1, figures
     assert figures["terminal"] == figures["in_store"] >= figures["accepted"], figures

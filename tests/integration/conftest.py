@@ -8,58 +8,21 @@ there and drop it at the end. An unreachable server fails these tests, it never 
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import psycopg
 import pytest
 from psycopg import sql
 
+from databases import admin_connection, temporary_database
 from tarefa.model import Job
 from tarefa.store import JobChange, Store, open_store
 
-POSTGRES_URL = os.environ.get("TAREFA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-TAREFA_TABLES = ("tarefa_jobs", "tarefa_deleted_jobs", "tarefa_resources")
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-# -- PostgreSQL databases ---------------------------------------------------------------------------
-
-
-def database_url(name: str) -> str:
-    """``TAREFA_TEST_POSTGRES`` with another database name."""
-    return urlsplit(POSTGRES_URL)._replace(path=f"/{name}", query="").geturl()
-
-
-def admin_connection(url: str = POSTGRES_URL) -> psycopg.Connection[Any]:
-    """An autocommit connection for test set-up; fails the test if the server is unreachable."""
-    try:
-        return psycopg.connect(url, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is unreachable at {url} (set TAREFA_TEST_POSTGRES): {exc}")
-
-
-@contextlib.contextmanager
-def temporary_database() -> Iterator[str]:
-    """Create an empty database, yield its URL, drop it (and its connections) afterwards."""
-    name = f"tarefa_test_{secrets.token_hex(6)}"
-    with admin_connection() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield database_url(name)
-    finally:
-        with admin_connection() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+TAREFA_TABLES = ("tarefa_jobs", "tarefa_deleted_jobs", "tarefa_resources", "tarefa_job_events")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,8 @@
-"""PostgreSQL databases for end-to-end tests: each test module or test gets one of its own."""
+"""PostgreSQL databases for the tests: each test, module or session that needs one gets one of its own.
+
+``TAREFA_TEST_POSTGRES`` (default ``postgresql://postgres@127.0.0.1:5432/test``) names the server; an
+unreachable server fails the tests that need it, it never skips them.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,11 @@ from psycopg import sql
 POSTGRES_URL = os.environ.get("TAREFA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+def database_url(name: str) -> str:
+    """``TAREFA_TEST_POSTGRES`` with another database name."""
+    return urlsplit(POSTGRES_URL)._replace(path=f"/{name}", query="").geturl()
+
+
 def admin_connection(url: str = POSTGRES_URL) -> psycopg.Connection[Any]:
     """An autocommit connection for set-up; fails the test if the server is unreachable."""
     try:
@@ -27,11 +36,11 @@ def admin_connection(url: str = POSTGRES_URL) -> psycopg.Connection[Any]:
 @contextlib.contextmanager
 def temporary_database() -> Iterator[str]:
     """An empty database of its own; dropped (with its connections) afterwards."""
-    name = f"tarefa_e2e_{secrets.token_hex(6)}"
+    name = f"tarefa_test_{secrets.token_hex(6)}"
     with admin_connection() as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        yield urlsplit(POSTGRES_URL)._replace(path=f"/{name}", query="").geturl()
+        yield database_url(name)
     finally:
         with admin_connection() as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

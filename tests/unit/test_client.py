@@ -370,6 +370,24 @@ def test_get_accepts_record_job_and_bare_bodies(connect: Callable[..., Any], env
     assert got.last_modified_text == stamp(2.5) and got.raw == body
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-28T14:00:00Z", datetime(2026, 11, 28, 14, tzinfo=UTC)),
+        ("2026-11-28T14:00:00.5Z", datetime(2026, 11, 28, 14, 0, 0, 500000, tzinfo=UTC)),
+        ("2026-11-28T14:00:00.123456Z", datetime(2026, 11, 28, 14, 0, 0, 123456, tzinfo=UTC)),
+        ("2026-11-28T14:00:00.123456789Z", datetime(2026, 11, 28, 14, 0, 0, 123456, tzinfo=UTC)),
+        ("2026-11-28t15:00:00.25+01:00", datetime(2026, 11, 28, 14, 0, 0, 250000, tzinfo=UTC)),
+        ("2026-11-28T14:00:00", datetime(2026, 11, 28, 14, tzinfo=UTC)),
+        ("yesterday", None),
+    ],
+)
+def test_job_timestamps_of_any_precision_are_read_as_utc(text: str, expected: datetime | None) -> None:
+    parsed = Job.from_wire({"id": "j1", "last_modified": text, "create_time": text})
+    assert parsed.last_modified == expected and parsed.create_time == expected
+    assert parsed.last_modified_text == text  # what a long poll echoes, untouched
+
+
 def test_job_parsing_keeps_error_result_and_resource() -> None:
     failed = Job.from_wire(
         job(state="failure", error={"code": "host_unreachable", "message": "no route"}, resource={"href": "/h/1"})

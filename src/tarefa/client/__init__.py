@@ -22,7 +22,7 @@ from .errors import (
     WaitTimeout,
 )
 from .job import Job, JobError, JobState
-from .retry import Backoff
+from .retry import Backoff, RetryNotice
 from .sync_client import Client
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "JobState",
     "NotFound",
     "ProtocolError",
+    "RetryNotice",
     "TransportFailure",
     "Unauthorized",
     "WaitTimeout",

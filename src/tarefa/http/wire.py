@@ -99,18 +99,24 @@ class JobErrorModel(BaseModel):
 class JobModel(BaseModel):
     """An asynchronous job (SPEC §1)."""
 
-    id: str = Field(description="opaque, unguessable, URL-safe")
-    operation: str = Field(description="the registered operation, e.g. cluster.deploy")
-    state: Literal["queued", "running", "success", "failure"]
-    message: str = Field(description="the latest human-readable status line")
-    progress: int | None = Field(None, ge=0, le=100)
-    create_time: str | None = Field(description="RFC 3339, UTC, microseconds, Z")
-    start_time: str | None = None
-    end_time: str | None = None
-    last_modified: str = Field(description="changes on every visible change; strictly increasing")
-    result: Any = Field(None, description="only on success")
+    id: str = Field(description="opaque, unguessable, URL-safe", examples=["vVA8ONh3Jh9PhhRLjS6i-w"])
+    operation: str = Field(description="the registered operation, e.g. cluster.deploy", examples=["host.register"])
+    state: Literal["queued", "running", "success", "failure"] = Field(examples=["running"])
+    message: str = Field(description="the latest human-readable status line", examples=["Contacting host 10.0.0.11"])
+    progress: int | None = Field(None, ge=0, le=100, examples=[40])
+    create_time: str | None = Field(
+        description="RFC 3339, UTC, microseconds, Z", examples=["2026-11-28T15:40:21.606403Z"]
+    )
+    start_time: str | None = Field(None, examples=["2026-11-28T15:40:21.609922Z"])
+    end_time: str | None = Field(None, examples=[None])
+    last_modified: str = Field(
+        description="changes on every visible change; strictly increasing", examples=["2026-11-28T15:40:22.614152Z"]
+    )
+    result: Any = Field(None, description="only on success", examples=[{"name": "esx-01", "state": "registered"}])
     error: JobErrorModel | None = Field(None, description="only on failure")
-    resource: Href | None = Field(None, description="the resource the job creates or changes")
+    resource: Href | None = Field(
+        None, description="the resource the job creates or changes", examples=[{"href": "/api/hosts/esx-01"}]
+    )
     links: SelfLink = Field(alias="_links")
 
 

@@ -163,3 +163,10 @@ def servers() -> Iterator[list[subprocess.Popen[bytes]]]:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
+
+
+def test_the_python_blocks_of_the_docs_are_valid_python() -> None:
+    docs = README.parent / "docs"
+    for page in sorted(docs.glob("*.md")):
+        for number, match in enumerate(re.finditer(r"```python\n(.*?)\n```", page.read_text(), re.S)):
+            compile(match[1], f"{page.name} python block {number}", "exec")  # a SyntaxError fails the test

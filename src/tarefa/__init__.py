@@ -18,16 +18,42 @@ Declare operations, mount the job routes, and make endpoints asynchronous::
     @app.post("/api/reports", **asynchronous())
     async def start_report(body: ReportIn, call: AsyncCall):
         return await call.start("report.build", body)
+
+The names are imported on first use (PEP 562), so that ``import tarefa.client`` loads no server
+module (no FastAPI, no store, no engine).
 """
 
-from .http import ApiError, AsyncCall, JobStarter, asynchronous
-from .http.docs import serve_api_docs
-from .http.mount import Tarefa
-from .model import Job, JobError, JobState
-from .operations import JobCancelled, JobContext, OperationError, ThreadJobContext
-from .store import Precondition
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .http import ApiError, AsyncCall, JobStarter, asynchronous
+    from .http.docs import serve_api_docs
+    from .http.mount import Tarefa
+    from .model import Job, JobError, JobState
+    from .operations import JobCancelled, JobContext, OperationError, ThreadJobContext
+    from .store import Precondition
 
 __version__ = "0.1.0"
+
+_SOURCES = {
+    "Tarefa": ".http.mount",
+    "ApiError": ".http",
+    "AsyncCall": ".http",
+    "JobStarter": ".http",
+    "asynchronous": ".http",
+    "serve_api_docs": ".http.docs",
+    "Job": ".model",
+    "JobError": ".model",
+    "JobState": ".model",
+    "JobCancelled": ".operations",
+    "JobContext": ".operations",
+    "OperationError": ".operations",
+    "ThreadJobContext": ".operations",
+    "Precondition": ".store",
+}
 
 __all__ = [
     "ApiError",
@@ -46,3 +72,17 @@ __all__ = [
     "asynchronous",
     "serve_api_docs",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import an exported name from its module the first time it is asked for."""
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module 'tarefa' has no attribute {name!r}")
+    value = getattr(importlib.import_module(source, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

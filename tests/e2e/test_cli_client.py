@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,121 @@ def test_http_errors_exit_2_with_one_line(server: Any) -> None:
     assert unknown.returncode == 2 and "404" in one_line_error(unknown)
 
 
-def test_unreachable_server_exits_2_with_one_line() -> None:
-    done = tarefa("jobs", "list", "--retry-for", "0.5", url="http://127.0.0.1:9")
-    assert done.returncode == 2 and "127.0.0.1:9" in one_line_error(done) and done.stdout == ""
+def test_unreachable_server_says_at_once_that_it_retries_then_exits_2() -> None:
+    started = time.monotonic()
+    with subprocess.Popen(
+        [sys.executable, "-m", "tarefa", "jobs", "list", "--retry-for", "3", "--url", "http://127.0.0.1:9"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        said_after = time.monotonic() - started
+        rest = proc.stderr.read()
+        assert proc.wait(30) == 2
+    assert said_after < 2.5, "the retry notice must come at once, not when giving up"
+    assert first.startswith("tarefa: GET http://127.0.0.1:9/api/jobs") and "Connection refused" in first
+    assert "retrying for up to 3 s" in first
+    assert "failed: [Errno 111] Connection refused (gave up after" in rest and "Traceback" not in rest
+
+
+def test_no_retry_means_one_line_and_no_attempt_count() -> None:
+    done = tarefa("jobs", "show", "x", "--retry-for", "0")
+    line = one_line_error(done)
+    assert done.returncode == 2 and line.endswith("Connection refused"), line
+
+
+def test_https_against_plain_http_is_not_retried_and_says_why(server: Any) -> None:
+    started = time.monotonic()
+    done = tarefa("jobs", "show", "x", url=server.url.replace("http://", "https://"))
+    line = one_line_error(done)
+    assert done.returncode == 2 and "the server does not speak TLS here: use http://" in line
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (("--url", "not-a-url"), {}, "tarefa: --url: 'not-a-url' is not an http:// or https:// URL"),
+        ((), {"TAREFA_URL": "nope"}, "tarefa: TAREFA_URL: 'nope' is not an http:// or https:// URL"),
+        (("--ca-cert", "/no/such.pem"), {}, "tarefa: --ca-cert: /no/such.pem is not a file"),
+        ((), {"TAREFA_RETRY_FOR": "soon"}, "--retry-for / TAREFA_RETRY_FOR: Input should be a valid number"),
+    ],
+)
+def test_a_bad_setting_names_where_it_came_from(args: tuple[str, ...], env: dict[str, str], message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tarefa", "jobs", "show", "x", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TAREFA_URL": "http://127.0.0.1:9", **env},
+        timeout=60,
+    )
+    assert done.returncode == 2 and message in one_line_error(done)
+
+
+def test_options_before_or_after_the_command_env_and_config_file(server: Any, tmp_path: Path) -> None:
+    with Client(server.url) as client:
+        job = client.run("POST", "/api/hosts", {"name": "c9", "address": "10.0.0.9"})
+    after = tarefa("jobs", "show", job.id, "--url", server.url, "-o", "json")
+    before = tarefa("--url", server.url, "-o", "json", "jobs", "show", job.id)
+    wins = tarefa("--url", "http://127.0.0.1:9", "jobs", "show", job.id, "--url", server.url, "-o", "json")
+    for done in (after, before, wins):
+        assert done.returncode == 0, done.stderr
+        assert orjson.loads(done.stdout)["id"] == job.id
+    config = tmp_path / "config.toml"
+    config.write_text(f'url = "{server.url}"\noutput = "json"\n')
+    env = {k: v for k, v in os.environ.items() if k != "TAREFA_URL"}
+    from_file = subprocess.run(
+        [sys.executable, "-m", "tarefa", "jobs", "show", job.id],
+        capture_output=True,
+        text=True,
+        env={**env, "TAREFA_CONFIG": str(config)},
+        timeout=60,
+    )
+    assert from_file.returncode == 0 and orjson.loads(from_file.stdout)["state"] == "success"
+
+
+def test_jobs_list_limit_and_nothing_matches(server: Any) -> None:
+    with Client(server.url) as client:
+        for n in range(3):
+            client.run("POST", "/api/hosts", {"name": f"lim{n}", "address": "10.0.1.1"})
+    limited = tarefa("jobs", "list", "--limit", "2", "-o", "json", url=server.url)
+    assert limited.returncode == 0 and len(orjson.loads(limited.stdout)) == 2
+    assert "showing the newest 2 jobs; --limit 0 shows all" in limited.stderr
+    every = tarefa("jobs", "list", "--limit", "0", "-o", "json", url=server.url)
+    assert len(orjson.loads(every.stdout)) >= 3 and every.stderr == ""
+    none = tarefa("jobs", "list", "--operation", "no.such", url=server.url)
+    assert none.returncode == 0 and none.stdout == "" and none.stderr.strip() == "no jobs match (operation=no.such)"
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("serve", ["--store", "[default: sqlite:///./tarefa.db]", "--workers", "[default: 4]", "[default: 30]"]),
+        ("worker", ["--concurrency", "[default: 4]", "--grace", "--lease", "[default: 30]"]),
+        ("jobs list", ["--limit", "[default: 50]", "--url", "[default: http://127.0.0.1:8080]", "[default: 10]"]),
+    ],
+)
+def test_help_shows_the_defaults(command: str, expected: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tarefa", *command.split(), "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+        timeout=60,
+    )
+    assert done.returncode == 0
+    for text in expected:
+        assert text in done.stdout, (text, done.stdout)
+    if command == "serve":
+        lines = {line.split()[1]: line for line in done.stdout.splitlines() if line.strip("│ ").startswith("--")}
+        assert "[default: 30]" in lines["--grace"] and "[default: 30]" in lines["--lease"]
+
+
+def test_shell_completion_is_offered() -> None:
+    done = tarefa("--help")
+    assert "--install-completion" in done.stdout and "--show-completion" in done.stdout
 
 
 @pytest.mark.parametrize(

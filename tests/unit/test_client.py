@@ -7,6 +7,7 @@ Every behaviour test runs twice, with :class:`Client` and with :class:`AsyncClie
 from __future__ import annotations
 
 import functools
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from tarefa.client import (
     JobState,
     NotFound,
     ProtocolError,
+    RetryNotice,
     TransportFailure,
     Unauthorized,
     WaitTimeout,
@@ -370,6 +372,24 @@ def test_get_accepts_record_job_and_bare_bodies(connect: Callable[..., Any], env
     assert got.last_modified_text == stamp(2.5) and got.raw == body
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-28T14:00:00Z", datetime(2026, 11, 28, 14, tzinfo=UTC)),
+        ("2026-11-28T14:00:00.5Z", datetime(2026, 11, 28, 14, 0, 0, 500000, tzinfo=UTC)),
+        ("2026-11-28T14:00:00.123456Z", datetime(2026, 11, 28, 14, 0, 0, 123456, tzinfo=UTC)),
+        ("2026-11-28T14:00:00.123456789Z", datetime(2026, 11, 28, 14, 0, 0, 123456, tzinfo=UTC)),
+        ("2026-11-28t15:00:00.25+01:00", datetime(2026, 11, 28, 14, 0, 0, 250000, tzinfo=UTC)),
+        ("2026-11-28T14:00:00", datetime(2026, 11, 28, 14, tzinfo=UTC)),
+        ("yesterday", None),
+    ],
+)
+def test_job_timestamps_of_any_precision_are_read_as_utc(text: str, expected: datetime | None) -> None:
+    parsed = Job.from_wire({"id": "j1", "last_modified": text, "create_time": text})
+    assert parsed.last_modified == expected and parsed.create_time == expected
+    assert parsed.last_modified_text == text  # what a long poll echoes, untouched
+
+
 def test_job_parsing_keeps_error_result_and_resource() -> None:
     failed = Job.from_wire(
         job(state="failure", error={"code": "host_unreachable", "message": "no route"}, resource={"href": "/h/1"})
@@ -663,3 +683,37 @@ def test_an_undecodable_body_is_a_transport_failure_not_retried(connect: Callabl
     with pytest.raises(TransportFailure, match="bad gzip"):
         connect(handler).get("j1")
     assert len(calls) == 1
+
+
+def test_each_retry_is_told_at_once_with_its_reason(connect: Callable[..., Any], fake_time: FakeTime) -> None:
+    notices: list[RetryNotice] = []
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) == 1:
+            raise httpx.ConnectError("connection refused")
+        if len(calls) == 2:
+            return answer(503, {"error": {"code": "store_unavailable", "message": "busy"}})
+        return answer(200, {"record": job()})
+
+    assert connect(handler, on_retry=notices.append).get("j1").id == "j1"
+    assert [(n.method, n.attempt) for n in notices] == [("GET", 1), ("GET", 2)]
+    assert notices[0].reason == "connection refused" and notices[0].url == f"{URL}/api/jobs/j1"
+    assert notices[1].reason == "the server answered 503 Service Unavailable"
+    assert [n.delay for n in notices] == fake_time.sleeps
+
+
+def test_a_server_without_tls_is_not_retried_and_the_message_says_so(connect: Callable[..., Any]) -> None:
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        error = httpx.ConnectError("[SSL: WRONG_VERSION_NUMBER] wrong version number")
+        raise error from ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+
+    with pytest.raises(TransportFailure) as failure:
+        connect(handler, url="https://127.0.0.1:8080").get("j1")
+    assert len(calls) == 1 and failure.value.attempts == 1
+    assert str(failure.value).endswith("(the server does not speak TLS here: use http://)")
+    assert "attempts" not in str(failure.value)

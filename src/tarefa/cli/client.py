@@ -2,79 +2,32 @@
 
 A thin layer over :class:`tarefa.client.Client`. Exit codes: 0 success, 1 the job failed,
 2 usage or HTTP error (including an unreachable server), 3 timeout while waiting. Expected
-failures print one line on stderr, never a traceback.
+failures print one line on stderr, never a traceback. The options every command shares are in
+:mod:`tarefa.cli.common`.
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional, TextIO
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TextIO
 
 import orjson
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from ..client import Client, ClientError, Job, JobState, WaitTimeout
+from ..client import Client, ClientError, Job, JobState, RetryNotice, WaitTimeout
 from ..client.core import REPLAYABLE_METHODS, job_in_answer
+from .common import EXIT_ERROR, EXIT_JOB_FAILED, EXIT_TIMEOUT, Common, Output, default, fail, with_common_options
 
-EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR, EXIT_TIMEOUT = 0, 1, 2, 3
+if TYPE_CHECKING:
+    from rich.console import Console
 
-
-class Output(StrEnum):
-    TEXT = "text"
-    JSON = "json"
-
-
-UrlOption = Annotated[str, typer.Option("--url", envvar="TAREFA_URL", help="Base URL of the API", show_envvar=True)]
-UserOption = Annotated[
-    Optional[str],  # noqa: UP045 - typer reads the annotation at run time
-    typer.Option("--user", envvar="TAREFA_USER", help="User for HTTP Basic authentication"),
-]
-PasswordOption = Annotated[
-    Optional[str],  # noqa: UP045
-    typer.Option("--password", envvar="TAREFA_PASSWORD", help="Password for HTTP Basic authentication"),
-]
-OutputOption = Annotated[Output, typer.Option("--output", "-o", help="text for people, json for programs")]
-TimeoutOption = Annotated[
-    Optional[float],  # noqa: UP045
-    typer.Option("--timeout", min=0.0, help="Give up after this many seconds (exit 3 when waiting)"),
-]
-CaCertOption = Annotated[
-    Optional[Path],  # noqa: UP045
-    typer.Option("--ca-cert", exists=True, dir_okay=False, help="PEM file of the CA that signed the server's cert"),
-]
-InsecureOption = Annotated[bool, typer.Option("--insecure", "-k", help="Do not verify the server's TLS certificate")]
-RetryForOption = Annotated[
-    float, typer.Option("--retry-for", min=0.0, help="Keep retrying an unreachable or busy server this long (s)")
-]
 PollOption = Annotated[int, typer.Option("--poll-timeout", min=1, max=120, help="Seconds per long poll")]
 JobIdArgument = Annotated[str, typer.Argument(help="The job's id")]
-
-
-@dataclass(frozen=True, slots=True)
-class Connection:
-    """The common options of every client command."""
-
-    url: str
-    user: str | None
-    password: str | None
-    ca_cert: Path | None
-    insecure: bool
-    retry_for: float
-
-    def client(self) -> Client:
-        verify: bool | str = False if self.insecure else str(self.ca_cert) if self.ca_cert else True
-        auth = (self.user, self.password or "") if self.user else None
-        try:
-            return Client(self.url, auth=auth, verify=verify, retry_for=self.retry_for)
-        except (ValueError, OSError) as exc:
-            _fail(f"cannot use --url {self.url!r} / --ca-cert: {exc}", EXIT_ERROR)
+MAX_PAGE = 1000
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -84,7 +37,7 @@ def call(
     method: Annotated[str, typer.Argument(help="HTTP method: GET, POST, PATCH, DELETE ...")],
     path: Annotated[str, typer.Argument(help="Path of the call, e.g. /api/hosts")],
     json_text: Annotated[
-        Optional[str],  # noqa: UP045
+        Optional[str],  # noqa: UP045 - typer reads the annotation at run time
         typer.Option("--json", help='Request body as JSON text, e.g. \'{"name": "h1"}\''),
     ] = None,
     data: Annotated[
@@ -93,29 +46,23 @@ def call(
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", "-w", help="If the answer is a job, follow it to its end")] = False,
     poll_timeout: PollOption = 120,
-    url: UrlOption = "http://127.0.0.1:8080",
-    user: UserOption = None,
-    password: PasswordOption = None,
-    output: OutputOption = Output.TEXT,
-    timeout: TimeoutOption = None,
-    ca_cert: CaCertOption = None,
-    insecure: InsecureOption = False,
-    retry_for: RetryForOption = 10.0,
+    *,
+    common: Common,
 ) -> None:
     """Call the API; an asynchronous call prints its job (and follows it with --wait)."""
     body = _request_body(json_text, data)
-    connection = Connection(url, user, password, ca_cert, insecure, retry_for)
-    with _expected_failures(), connection.client() as client:
+    with _expected_failures(), _connect(common) as connection:
+        client = connection[0]
         method = method.upper()
         keyed = method not in REPLAYABLE_METHODS
-        response = client.request(method, path, json=body, idempotency_key=keyed, timeout=timeout)
+        response = client.request(method, path, json=body, idempotency_key=keyed, timeout=common.timeout)
         job = job_in_answer(response)
         if job is None:
             _print_body(response.content)
         elif wait and not job.is_terminal:
-            _finish(_follow(client, job, output, timeout, poll_timeout), output)
+            _finish(_follow(connection, job, common, poll_timeout), common.output)
         else:
-            _finish(job, output, exit_on_failure=wait)
+            _finish(job, common.output, exit_on_failure=wait)
 
 
 def jobs_list(
@@ -124,93 +71,59 @@ def jobs_list(
         typer.Option("--state", help="queued, running, success, failure, or several: queued|running"),
     ] = None,
     operation: Annotated[Optional[str], typer.Option("--operation", help="e.g. host.register")] = None,  # noqa: UP045
-    url: UrlOption = "http://127.0.0.1:8080",
-    user: UserOption = None,
-    password: PasswordOption = None,
-    output: OutputOption = Output.TEXT,
-    timeout: TimeoutOption = None,
-    ca_cert: CaCertOption = None,
-    insecure: InsecureOption = False,
-    retry_for: RetryForOption = 10.0,
+    limit: Annotated[
+        int,
+        typer.Option("--limit", "-n", min=0, help=f"At most this many jobs, 0: all {default(50)}", show_default=False),
+    ] = 50,
+    *,
+    common: Common,
 ) -> None:
-    """List jobs, newest first (all pages)."""
-    connection = Connection(url, user, password, ca_cert, insecure, retry_for)
-    with _expected_failures(), connection.client() as client:
-        found = list(client.list(state=state, operation=operation, order_by="create_time desc", timeout=timeout))
-        if output is Output.JSON:
+    """List jobs, newest first."""
+    with _expected_failures(), _connect(common) as connection:
+        client = connection[0]
+        page_size = MAX_PAGE if limit == 0 else min(limit + 1, MAX_PAGE)
+        listing = client.list(
+            state=state, operation=operation, max_records=page_size, order_by="create_time desc", timeout=common.timeout
+        )
+        found = list(listing if limit == 0 else itertools.islice(listing, limit + 1))
+        more = limit != 0 and len(found) > limit
+        found = found[:limit] if limit else found
+        if common.output is Output.JSON:
             _print_json([dict(job.raw) for job in found])
+        elif not found:
+            typer.echo(f"no jobs match{_filters(state, operation)}", err=True)
         else:
             _print_table(found)
+        if more:
+            typer.echo(f"tarefa: showing the newest {limit} jobs; --limit 0 shows all", err=True)
 
 
-def jobs_show(
-    job_id: JobIdArgument,
-    url: UrlOption = "http://127.0.0.1:8080",
-    user: UserOption = None,
-    password: PasswordOption = None,
-    output: OutputOption = Output.TEXT,
-    timeout: TimeoutOption = None,
-    ca_cert: CaCertOption = None,
-    insecure: InsecureOption = False,
-    retry_for: RetryForOption = 10.0,
-) -> None:
+def jobs_show(job_id: JobIdArgument, *, common: Common) -> None:
     """Show one job as it is now."""
-    connection = Connection(url, user, password, ca_cert, insecure, retry_for)
-    with _expected_failures(), connection.client() as client:
-        _finish(client.get(job_id, timeout=timeout), output, exit_on_failure=False)
+    with _expected_failures(), _connect(common) as connection:
+        client = connection[0]
+        _finish(client.get(job_id, timeout=common.timeout), common.output, exit_on_failure=False)
 
 
-def jobs_wait(
-    job_id: JobIdArgument,
-    poll_timeout: PollOption = 120,
-    url: UrlOption = "http://127.0.0.1:8080",
-    user: UserOption = None,
-    password: PasswordOption = None,
-    output: OutputOption = Output.TEXT,
-    timeout: TimeoutOption = None,
-    ca_cert: CaCertOption = None,
-    insecure: InsecureOption = False,
-    retry_for: RetryForOption = 10.0,
-) -> None:
+def jobs_wait(job_id: JobIdArgument, poll_timeout: PollOption = 120, *, common: Common) -> None:
     """Follow a job with long polls until it ends: exit 0 on success, 1 on failure, 3 on timeout."""
-    connection = Connection(url, user, password, ca_cert, insecure, retry_for)
-    with _expected_failures(), connection.client() as client:
-        _finish(_follow(client, job_id, output, timeout, poll_timeout), output)
+    with _expected_failures(), _connect(common) as connection:
+        _finish(_follow(connection, job_id, common, poll_timeout), common.output)
 
 
-def jobs_cancel(
-    job_id: JobIdArgument,
-    url: UrlOption = "http://127.0.0.1:8080",
-    user: UserOption = None,
-    password: PasswordOption = None,
-    output: OutputOption = Output.TEXT,
-    timeout: TimeoutOption = None,
-    ca_cert: CaCertOption = None,
-    insecure: InsecureOption = False,
-    retry_for: RetryForOption = 10.0,
-) -> None:
+def jobs_cancel(job_id: JobIdArgument, *, common: Common) -> None:
     """Cancel a job: a queued job fails at once, a running one is asked to stop."""
-    connection = Connection(url, user, password, ca_cert, insecure, retry_for)
-    with _expected_failures(), connection.client() as client:
-        _finish(client.cancel(job_id, timeout=timeout), output, exit_on_failure=False)
+    with _expected_failures(), _connect(common) as connection:
+        client = connection[0]
+        _finish(client.cancel(job_id, timeout=common.timeout), common.output, exit_on_failure=False)
 
 
-def jobs_delete(
-    job_id: JobIdArgument,
-    url: UrlOption = "http://127.0.0.1:8080",
-    user: UserOption = None,
-    password: PasswordOption = None,
-    output: OutputOption = Output.TEXT,
-    timeout: TimeoutOption = None,
-    ca_cert: CaCertOption = None,
-    insecure: InsecureOption = False,
-    retry_for: RetryForOption = 10.0,
-) -> None:
+def jobs_delete(job_id: JobIdArgument, *, common: Common) -> None:
     """Delete a terminal job."""
-    connection = Connection(url, user, password, ca_cert, insecure, retry_for)
-    with _expected_failures(), connection.client() as client:
-        client.delete(job_id, timeout=timeout)
-        if output is Output.JSON:
+    with _expected_failures(), _connect(common) as connection:
+        client = connection[0]
+        client.delete(job_id, timeout=common.timeout)
+        if common.output is Output.JSON:
             _print_json({"id": job_id, "deleted": True})
         else:
             typer.echo(f"deleted job {job_id}")
@@ -218,13 +131,13 @@ def jobs_delete(
 
 def register(app: typer.Typer) -> None:
     """Add the client commands to ``app``."""
-    app.command("call")(call)
+    app.command("call")(with_common_options(call))
     jobs = typer.Typer(help="Follow and manage jobs.", no_args_is_help=True)
-    jobs.command("list")(jobs_list)
-    jobs.command("show")(jobs_show)
-    jobs.command("wait")(jobs_wait)
-    jobs.command("cancel")(jobs_cancel)
-    jobs.command("delete")(jobs_delete)
+    jobs.command("list")(with_common_options(jobs_list))
+    jobs.command("show")(with_common_options(jobs_show))
+    jobs.command("wait")(with_common_options(jobs_wait))
+    jobs.command("cancel")(with_common_options(jobs_cancel))
+    jobs.command("delete")(with_common_options(jobs_delete))
     app.add_typer(jobs, name="jobs")
 
 
@@ -237,19 +150,43 @@ def _expected_failures() -> Iterator[None]:
     try:
         yield
     except WaitTimeout as exc:
-        _fail(str(exc), EXIT_TIMEOUT)
+        fail(str(exc), EXIT_TIMEOUT)
     except (ClientError, ValueError) as exc:
-        _fail(str(exc), EXIT_ERROR)
+        fail(str(exc), EXIT_ERROR)
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    typer.echo(f"tarefa: {message}", err=True)
-    raise typer.Exit(code)
+class _Notices:
+    """Tells the person at once, on stderr, when the client retries and why; while a live
+    progress bar runs, the bar says "reconnecting" instead."""
+
+    def __init__(self, retry_for: float) -> None:
+        self.retry_for = retry_for
+        self.bar: _LiveBar | None = None
+        self.following = False
+
+    def __call__(self, notice: RetryNotice) -> None:
+        if self.bar is not None:
+            self.bar.reconnecting(notice)
+        elif notice.attempt == 1:
+            patience = "until the job can be followed again" if self.following else f"for up to {self.retry_for:g} s"
+            typer.echo(f"tarefa: {notice.method} {notice.url}: {notice.reason}; retrying {patience}", err=True)
+
+
+@contextmanager
+def _connect(common: Common) -> Iterator[tuple[Client, _Notices]]:
+    notices = _Notices(common.retry_for)
+    with common.client(on_retry=notices) as client:
+        yield client, notices
+
+
+def _filters(state: str | None, operation: str | None) -> str:
+    given = [f"{name}={value}" for name, value in (("state", state), ("operation", operation)) if value]
+    return f" ({', '.join(given)})" if given else ""
 
 
 def _request_body(json_text: str | None, data: str | None) -> Any:
     if json_text is not None and data is not None:
-        _fail("give --json or --data, not both", EXIT_ERROR)
+        fail("give --json or --data, not both")
     if data is not None:
         json_text, source = _read_data(data), f"--data {data}"
     else:
@@ -259,23 +196,25 @@ def _request_body(json_text: str | None, data: str | None) -> Any:
     try:
         return orjson.loads(json_text)
     except orjson.JSONDecodeError as exc:
-        _fail(f"{source} is not valid JSON: {exc}", EXIT_ERROR)
+        fail(f"{source} is not valid JSON: {exc}")
 
 
 def _read_data(data: str) -> str:
     if not data.startswith("@"):
-        _fail("--data takes @FILE (or @- for stdin); give JSON text with --json", EXIT_ERROR)
+        fail("--data takes @FILE (or @- for stdin); give JSON text with --json")
     if data == "@-":
         return sys.stdin.read()
     try:
         return Path(data[1:]).read_text()
     except OSError as exc:
-        _fail(f"cannot read {data[1:]}: {exc.strerror}", EXIT_ERROR)
+        fail(f"cannot read {data[1:]}: {exc.strerror}")
 
 
-def _follow(client: Client, job: Job | str, output: Output, timeout: float | None, poll_timeout: int) -> Job:
-    with _display(output) as on_change:
-        return client.wait(job, timeout=timeout, poll_timeout=poll_timeout, on_change=on_change)
+def _follow(connection: tuple[Client, _Notices], job: Job | str, common: Common, poll_timeout: int) -> Job:
+    client, notices = connection
+    notices.following = True
+    with _display(common.output, notices) as on_change:
+        return client.wait(job, timeout=common.timeout, poll_timeout=poll_timeout, on_change=on_change)
 
 
 def _finish(job: Job, output: Output, *, exit_on_failure: bool = True) -> None:
@@ -291,13 +230,19 @@ def _finish(job: Job, output: Output, *, exit_on_failure: bool = True) -> None:
 
 
 @contextmanager
-def _display(output: Output) -> Iterator[Any]:
+def _display(output: Output, notices: _Notices) -> Iterator[Callable[[Job], None]]:
     """A change callback: a live progress bar on a terminal (stderr), else one line per change
     (on stdout for text output, on stderr for JSON output so that stdout stays one document)."""
+    from rich.console import Console
+
     console = Console(stderr=True)
     if console.is_terminal:
         with _LiveBar(console) as bar:
-            yield bar.update
+            notices.bar = bar
+            try:
+                yield bar.update
+            finally:
+                notices.bar = None
     else:
         stream = sys.stderr if output is Output.JSON else sys.stdout
         yield lambda job: _print_change(job, stream)
@@ -307,9 +252,12 @@ class _LiveBar:
     """A rich progress bar whose description is the job's state and message."""
 
     def __init__(self, console: Console) -> None:
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[pct]}"))
         self.progress = Progress(*columns, TimeElapsedColumn(), console=console, transient=True)
-        self.task: TaskID | None = None
+        self.task: Any = None
+        self.last: Job | None = None
 
     def __enter__(self) -> _LiveBar:
         self.progress.start()
@@ -319,12 +267,20 @@ class _LiveBar:
         self.progress.stop()
 
     def update(self, job: Job) -> None:
-        description = f"{job.state.value}: {job.message}"
+        self.last = job
         percent = "" if job.progress is None else f"{job.progress:3d}%"
+        self._show(f"{job.state.value}: {job.message}", job.progress, percent)
+
+    def reconnecting(self, notice: RetryNotice) -> None:
+        """During an outage: say so, and why, instead of spinning on the last message."""
+        progress = self.last.progress if self.last else None
+        self._show(f"reconnecting: {notice.reason}", progress, "")
+
+    def _show(self, description: str, progress: int | None, percent: str) -> None:
         if self.task is None:
             self.task = self.progress.add_task(description, total=100, pct=percent)
-        total = None if job.progress is None else 100
-        self.progress.update(self.task, description=description, completed=job.progress or 0, total=total, pct=percent)
+        total = None if progress is None else 100
+        self.progress.update(self.task, description=description, completed=progress or 0, total=total, pct=percent)
 
 
 def _print_change(job: Job, stream: TextIO) -> None:

@@ -3,31 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import signal
-from typing import Annotated, NoReturn, Optional
+import socket
+import sys
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
-from fastapi import FastAPI
 
-from ..http.mount import Tarefa
-from ..serving import LOG_FORMAT, is_loopback, load_app, run, tarefa_of
-from ..store import StoreError, open_store
+from .common import default
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from ..http.mount import Tarefa
 
 # Options that tune the job layer are None unless given: an --app keeps its own settings then.
 GraceOption = Annotated[
     Optional[float],  # noqa: UP045 - typer reads the annotation at run time
     typer.Option(
-        "--grace", min=0.0, help="On SIGTERM, seconds running jobs get to finish before release [default: 30]"
+        "--grace", min=0.0, help=f"On SIGTERM, seconds running jobs get to finish before release {default(30)}"
     ),
 ]
 LeaseOption = Annotated[
     Optional[float],  # noqa: UP045
-    typer.Option("--lease", min=1.0, help="Lease of a running job, renewed every third of it [default: 30]"),
+    typer.Option("--lease", min=1.0, help=f"Lease of a running job, renewed every third of it {default(30)}"),
 ]
 StoreOption = Annotated[
     Optional[str],  # noqa: UP045 - typer reads the annotation at run time
-    typer.Option("--store", envvar="TAREFA_STORE", help="Store URL [default: sqlite:///./tarefa.db]"),
+    typer.Option(
+        "--store", envvar="TAREFA_STORE", show_envvar=True, help=f"Store URL {default('sqlite:///./tarefa.db')}"
+    ),
 ]
 
 
@@ -37,7 +45,7 @@ def serve(
     store: StoreOption = None,
     workers: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option(min=0, help="Jobs run at once in this process (0: API only) [default: 4]"),
+        typer.Option(min=0, help=f"Jobs run at once in this process (0: API only) {default(4)}"),
     ] = None,
     step_delay: Annotated[
         float, typer.Option(min=0.0, help="Reference service: seconds per simulated step (0: instant)")
@@ -52,19 +60,36 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Serve the job API: the reference service, or your application with --app."""
+    from ..serving import is_loopback, run
+
     if not is_loopback(host):
         _fail(f"refusing to listen on {host}: authentication is not available yet, so tarefa serves loopback only")
+    _check_port(host, port)
     application, tarefa = _load_tarefa(app, step_delay)
     tarefa.configure(store=store, workers=workers, grace_seconds=grace, lease_seconds=lease)
     _check_store(tarefa)
     run(application, host=host, port=port, access_log=access_log, log_level=log_level.lower())
 
 
+def _check_port(host: str, port: int) -> None:
+    """Bind the port once before start-up, so that a busy port is one clear line, not a failure
+    reported after "Application startup complete" (uvicorn binds with SO_REUSEADDR too)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            _fail(f"port {port} on {host} is in use (another tarefa serve?): stop it, or choose another --port")
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
 def worker(
     store: StoreOption = None,
     concurrency: Annotated[
         Optional[int],  # noqa: UP045
-        typer.Option(min=1, help="Jobs run at once by this process [default: 4]"),
+        typer.Option(min=1, help=f"Jobs run at once by this process {default(4)}"),
     ] = None,
     app: Annotated[
         Optional[str],  # noqa: UP045
@@ -78,6 +103,9 @@ def worker(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
 ) -> None:
     """Run jobs without serving HTTP (several machines share one PostgreSQL store)."""
+    from ..serving import LOG_FORMAT
+    from ..store import StoreError
+
     _, tarefa = _load_tarefa(app, step_delay)
     tarefa.configure(store=store, workers=concurrency, grace_seconds=grace, lease_seconds=lease)
     _check_store(tarefa)
@@ -89,7 +117,15 @@ def worker(
 
 
 def _load_tarefa(app: str | None, step_delay: float) -> tuple[FastAPI, Tarefa]:
-    """The application (reference service unless ``app`` names one) and its Tarefa."""
+    """The application (reference service unless ``app`` names one) and its Tarefa.
+
+    The current directory is put first on ``sys.path``, as uvicorn does, so that
+    ``--app myservice:app`` finds ``myservice.py`` in the folder the command runs from.
+    """
+    from ..serving import load_app, tarefa_of
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     if app is None:
         from ..service import create_app
 
@@ -106,6 +142,7 @@ def _load_tarefa(app: str | None, step_delay: float) -> tuple[FastAPI, Tarefa]:
 
 def _check_store(tarefa: Tarefa) -> None:
     """Open and close the store once, so that a bad URL or a locked file is one clear line."""
+    from ..store import StoreError
 
     async def check() -> None:
         store = tarefa.build_store()
@@ -135,6 +172,8 @@ db = typer.Typer(help="Database schema commands.", no_args_is_help=True)
 @db.command("upgrade")
 def upgrade(store: StoreOption = None) -> None:
     """Apply the schema migrations this tarefa knows (start-up applies them too)."""
+    from ..store import StoreError, open_store
+
     target = open_store(store or "sqlite:///./tarefa.db")
 
     async def apply() -> int:

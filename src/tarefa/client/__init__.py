@@ -23,6 +23,7 @@ from .errors import (
     WaitTimeout,
 )
 from .job import Job, JobError, JobState
+from .retry import RetryNotice
 from .sync_client import Client
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "JobState",
     "NotFound",
     "ProtocolError",
+    "RetryNotice",
     "TransportFailure",
     "Unauthorized",
     "WaitTimeout",

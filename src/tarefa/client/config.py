@@ -12,6 +12,7 @@ from typing import Any, TypedDict
 import httpx
 
 from ..backoff import Backoff
+from .retry import RetryNotice
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_JOBS_PATH = "/api/jobs"
@@ -33,6 +34,8 @@ class ClientOptions(TypedDict, total=False):
     - ``http_timeout``: read timeout of ordinary requests (default 30 s); a long poll always
       gets its poll time plus ``poll_margin`` (default 15 s).
     - ``backoff``: the :class:`~tarefa.client.Backoff` policy between retries and empty polls.
+    - ``on_retry``: called with a :class:`~tarefa.client.RetryNotice` before each retry (the
+      call that failed, why, and the pause before the next attempt): to tell a person at once.
     - ``clock`` / ``random``: a monotonic clock and a ``[0, 1)`` source, for tests.
     """
 
@@ -44,6 +47,7 @@ class ClientOptions(TypedDict, total=False):
     http_timeout: float
     poll_margin: float
     backoff: Backoff
+    on_retry: Callable[[RetryNotice], object] | None
     clock: Callable[[], float]
     random: Callable[[], float]
 
@@ -59,6 +63,7 @@ class ClientConfig:
     connect_timeout: float = 10.0
     poll_margin: float = 15.0
     backoff: Backoff = field(default_factory=Backoff)
+    on_retry: Callable[[RetryNotice], object] | None = None
     clock: Callable[[], float] = time.monotonic
     random: Callable[[], float] = random.random
 
@@ -69,7 +74,7 @@ class ClientConfig:
         base = httpx.URL(url)
         if base.scheme not in ("http", "https") or not base.host:
             raise ValueError(f"{url!r} is not an http:// or https:// URL")
-        names = ("jobs_path", "retry_for", "http_timeout", "poll_margin", "backoff", "clock", "random")
+        names = ("jobs_path", "retry_for", "http_timeout", "poll_margin", "backoff", "on_retry", "clock", "random")
         chosen: dict[str, Any] = {name: value for name, value in options.items() if name in names}
         return cls(url=base, **chosen)
 

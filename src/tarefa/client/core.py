@@ -23,7 +23,7 @@ from .config import ClientConfig
 from .drivers import ChangeCallback, HttpCall, Notify, Sleep, Steps
 from .errors import ApiError, JobFailed, ProtocolError, TransportFailure, WaitTimeout
 from .job import Job
-from .retry import Deadline, PollPacer, RetryBudget, retry_after
+from .retry import Deadline, PollPacer, RetryBudget, RetryNotice, describe, retry_after
 
 Params = tuple[tuple[str, str], ...]
 JobTarget = Job | str
@@ -153,11 +153,14 @@ class ClientCore:
             delay = budget.delay_after(outcome)
             if delay is None:
                 break
+            if config.on_retry is not None:
+                notice = RetryNotice(call.method, call.url, describe(outcome), budget.attempts, delay)
+                yield Notify(config.on_retry, notice)
             yield Sleep(delay)
         if isinstance(outcome, httpx.RequestError):
-            reason = str(outcome) or type(outcome).__name__
+            tries = f" (gave up after {budget.attempts} attempts)" if budget.attempts > 1 else ""
             raise TransportFailure(
-                f"{call.method} {call.url} failed: {reason} (gave up after {budget.attempts} attempts)",
+                f"{call.method} {call.url} failed: {describe(outcome)}{tries}",
                 url=call.url,
                 attempts=budget.attempts,
                 cause=outcome,

@@ -49,10 +49,10 @@ ChangeCallback: TypeAlias = Callable[[Job], object]
 
 @dataclass(frozen=True, slots=True)
 class Notify:
-    """Call the caller's ``callback`` with ``job``."""
+    """Call the caller's ``callback`` with ``value`` (a new version of a job, or a retry notice)."""
 
-    callback: ChangeCallback
-    job: Job
+    callback: Callable[[Any], object]
+    value: object
 
 
 Effect: TypeAlias = HttpCall | Sleep | Notify
@@ -98,7 +98,7 @@ def _perform(effect: Effect, http: httpx.Client, sleep: Callable[[float], None])
     if isinstance(effect, Sleep):
         sleep(effect.seconds)
     else:
-        effect.callback(effect.job)
+        effect.callback(effect.value)
     return None, None
 
 
@@ -111,7 +111,7 @@ async def _perform_async(effect: Effect, http: httpx.AsyncClient, sleep: Callabl
     if isinstance(effect, Sleep):
         await sleep(effect.seconds)
     else:
-        returned = effect.callback(effect.job)
+        returned = effect.callback(effect.value)
         if inspect.isawaitable(returned):
             await returned
     return None, None

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from ..model import JobError, JobState, parse_timestamp
+from ..model import JobError, JobState
 from .errors import ProtocolError
 
 __all__ = ["Job", "JobError", "JobState"]
@@ -110,12 +110,15 @@ def _progress(value: object) -> int | None:
 
 
 def _time(value: object) -> datetime | None:
+    """An aware UTC datetime from the server's text, read leniently: any precision (digits beyond
+    microseconds dropped), ``Z``/``z`` or an offset; a time without either is taken as UTC."""
     if not isinstance(value, str):
         return None
     try:
-        return parse_timestamp(value)
+        parsed = datetime.fromisoformat(value.strip().upper())
     except ValueError:
         return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _error(value: object) -> JobError | None:

@@ -85,6 +85,31 @@ class PollPacer:
         return max(MIN_PAUSE, self.backoff.delay(self.early_in_a_row, self.random))
 
 
+@dataclass(frozen=True, slots=True)
+class RetryNotice:
+    """What the ``on_retry`` option is told before each new attempt: which call failed, why
+    (``reason``), the how-manieth failure of this outage it was, and the pause before the next try."""
+
+    method: str
+    url: str
+    reason: str
+    attempt: int
+    delay: float
+
+
+def describe(outcome: httpx.Response | httpx.RequestError) -> str:
+    """Why an attempt failed, in one line, with a hint when the cause is a common mistake."""
+    if isinstance(outcome, httpx.Response):
+        return f"the server answered {outcome.status_code} {outcome.reason_phrase}".rstrip()
+    reason = str(outcome) or type(outcome).__name__
+    tls = _tls_error(outcome)
+    if tls is not None and "WRONG_VERSION_NUMBER" in str(tls):
+        return f"{reason} (the server does not speak TLS here: use http://)"
+    if isinstance(tls, ssl.SSLCertVerificationError):
+        return f"{reason} (the server's certificate is not trusted: give the CA that signed it)"
+    return reason
+
+
 @dataclass(slots=True)
 class RetryBudget:
     """Whether and when to send a request again after ``outcome`` (a response or a transport
@@ -124,19 +149,19 @@ class RetryBudget:
         if isinstance(outcome, httpx.Response):
             unsent = outcome.status_code in (429, 503)
             return outcome.status_code in RETRY_STATUSES and (self.replayable or unsent)
-        if not isinstance(outcome, httpx.TransportError) or _certificate_rejected(outcome):
-            return False  # a body that cannot be decoded, a certificate refused: same again next time
+        if not isinstance(outcome, httpx.TransportError) or _tls_error(outcome) is not None:
+            return False  # an undecodable body, a TLS failure (certificate, no TLS): same again next time
         return self.replayable or isinstance(outcome, NOT_SENT_ERRORS)
 
 
-def _certificate_rejected(error: BaseException) -> bool:
-    """A TLS certificate that failed verification will fail the same way next time."""
+def _tls_error(error: BaseException) -> ssl.SSLError | None:
+    """The TLS failure behind ``error``, if any: it will fail the same way next time."""
     cause: BaseException | None = error
     while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return True
+        if isinstance(cause, ssl.SSLError):
+            return cause
         cause = cause.__cause__ or cause.__context__
-    return False
+    return None
 
 
 NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)

@@ -133,16 +133,31 @@ _SCHEMA: dict[str, Any] = {
 
 
 _HINTS = typing.get_type_hints(Job)
+#: Examples for the OpenAPI document (a real value helps more than "string").
+_EXAMPLES: dict[str, Any] = {
+    "id": "vVA8ONh3Jh9PhhRLjS6i-w",
+    "operation": "host.register",
+    "state": "running",
+    "message": "Contacting host 10.0.0.11",
+    "progress": 40,
+    "create_time": "2026-11-28T15:40:21.606403Z",
+    "start_time": "2026-11-28T15:40:21.609922Z",
+    "end_time": None,
+    "last_modified": "2026-11-28T15:40:22.614152Z",
+    "result": {"name": "esx-01", "state": "registered"},
+    "resource": {"href": "/api/hosts/esx-01"},
+}
 
 
 def _model_field(field: FieldInfo) -> tuple[Any, Any]:
     """A Job field for pydantic: required when always sent (typed nullable when it may be
     null), optional when only sometimes sent."""
     kind: Any = _SCHEMA[field.kind]
+    examples = [_EXAMPLES[field.name]] if field.name in _EXAMPLES else None
     if field.wire != "always":
-        return kind | None, Field(None, description=field.doc)
+        return kind | None, Field(None, description=field.doc, examples=examples)
     nullable = type(None) in typing.get_args(_HINTS[field.name])
-    return (kind | None) if nullable else kind, Field(description=field.doc)
+    return (kind | None) if nullable else kind, Field(description=field.doc, examples=examples)
 
 
 _JobFields: Any = create_model(  # type: ignore[call-overload]

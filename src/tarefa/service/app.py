@@ -30,14 +30,40 @@ ClusterId = Annotated[str, Path(description="the cluster's id")]
 
 
 class HostIn(BaseModel):
-    name: Annotated[str, Field(pattern=NAME, description="unique host name")]
-    address: Annotated[str, Field(min_length=1, max_length=253, description="IP address or DNS name")]
+    name: Annotated[str, Field(pattern=NAME, description="unique host name", examples=["esx-01"])]
+    address: Annotated[
+        str, Field(min_length=1, max_length=253, description="IP address or DNS name", examples=["10.0.0.11"])
+    ]
 
 
 class ClusterIn(BaseModel):
-    name: Annotated[str, Field(pattern=NAME)]
-    node_count: Literal[1, 2, 4, 6, 8, 10, 12]
-    hosts: Annotated[list[str], Field(description="one registered host per node")]
+    name: Annotated[str, Field(pattern=NAME, examples=["cluster-a"])]
+    node_count: Annotated[Literal[1, 2, 4, 6, 8, 10, 12], Field(examples=[2])]
+    hosts: Annotated[list[str], Field(description="one registered host per node", examples=[["esx-01", "esx-02"]])]
+
+
+DESCRIPTION = """A small Deploy-style service built on tarefa, to try the asynchronous job flow.
+
+`POST /api/hosts` and `POST /api/clusters/{id}/deploy` answer **202 Accepted** with
+`{"job": ...}` and a `Location`; follow the job at `GET /api/jobs/{id}`, best with a long poll
+(`?poll_timeout=60&last_modified=<the last_modified you saw>`), until `state` is `success` (see
+`result`) or `failure` (see `error`). Every error answer is
+`{"error": {"code", "message", "target"}}`. Fault injection: a host in 192.0.2.0/24 fails to
+register; a host in 198.51.100.0/24 fails when its cluster is deployed.
+"""
+
+
+class _TrailingSlashIgnored:
+    """``/api/jobs/`` is routed as ``/api/jobs``: one answer for both spellings of a path."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
+            scope = {**scope, "path": path.rstrip("/") or "/"}
+        await self.app(scope, receive, send)
 
 
 def _in(address: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
@@ -54,7 +80,15 @@ def _collection(records: list[dict[str, Any]]) -> dict[str, Any]:
 def create_app(*, store: str | None = None, workers: int = 4, step_delay: float = 1.0) -> FastAPI:
     """The reference service; ``step_delay`` is the duration of one simulated step (seconds)."""
     jobs = Tarefa(store, workers=workers)
-    app = FastAPI(title="tarefa reference service", version="0.1.0", docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="tarefa reference service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,  # /api/jobs/ is served like /api/jobs (below), never a bare 307
+    )
+    app.add_middleware(_TrailingSlashIgnored)
     jobs.mount(app, prefix="/api")
     serve_api_docs(app)
     _declare_operations(jobs, step_delay)

@@ -23,6 +23,7 @@ from starlette.responses import Response
 from ..model import Job
 from ..store import Idempotency, IdempotencyMismatch, ResourceBusy, StoreError
 from .errors import ApiError
+from .params import ASCII_DIGITS, IDEMPOTENCY_KEY_FORM, idempotency_key_from
 from .wire import ErrorBody, JobEnvelope, job_headers, job_to_wire, json_response
 
 if TYPE_CHECKING:
@@ -132,29 +133,24 @@ async def _async_call(
     return_timeout: Annotated[
         int,
         Query(ge=0, le=120, description="Wait up to this many seconds for the job to end (200 if it does)"),
+        ASCII_DIGITS,
     ] = 0,
-    idempotency_key: Annotated[
+    _idempotency_key: Annotated[
         str | None,
         Header(
             alias="Idempotency-Key",
-            min_length=1,
-            max_length=255,
-            description="Repeat a request safely: the same key returns the same job",
+            description="Repeat a request safely: the same key returns the same job (1 to 255 printable "
+            "characters, UTF-8; send it once)",
+            json_schema_extra={"pattern": IDEMPOTENCY_KEY_FORM},
         ),
     ] = None,
 ) -> JobStarter:
     engine = getattr(request.app.state, "tarefa", None)
     if engine is None:
         raise RuntimeError("AsyncCall used in an app where no Tarefa is mounted: call tarefa.mount(app)")
+    idempotency_key = idempotency_key_from(request)  # the Header above documents it
     if idempotency_key is None:
         return JobStarter(engine, request, return_timeout, None)
-    if not idempotency_key.isprintable():
-        raise ApiError(
-            400,
-            "invalid_parameter",
-            "Idempotency-Key must be 1 to 255 printable characters",
-            target="Idempotency-Key",
-        )
     idempotency = await _fingerprint(request, idempotency_key)
     try:
         replay = await engine.store.replay_idempotent(engine.owner_of(request), idempotency)

@@ -10,7 +10,6 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from ..model import Job, format_timestamp, to_microseconds
-from .errors import ApiError
 
 JOB_FIELDS = (
     "id", "operation", "state", "message", "progress", "create_time", "start_time", "end_time",
@@ -46,22 +45,6 @@ def job_to_wire(job: Job, jobs_href: str, fields: frozenset[str] | None = None) 
     if fields is None:
         return body
     return {name: value for name, value in body.items() if name in fields or name in ALWAYS_INCLUDED}
-
-
-def parse_fields(text: str | None) -> frozenset[str] | None:
-    """``fields=a,b`` → the set; ``*``/``**``/absent → None (all). Unknown names → 400."""
-    if text is None or text.strip() in ("", "*", "**"):
-        return None
-    names = frozenset(part.strip() for part in text.split(",") if part.strip())
-    unknown = sorted(names - set(JOB_FIELDS))
-    if unknown:
-        raise ApiError(
-            400,
-            "invalid_parameter",
-            f"unknown field(s) {', '.join(unknown)}; the Job fields are {', '.join(JOB_FIELDS)}",
-            target="fields",
-        )
-    return names
 
 
 def etag(job: Job) -> str:
@@ -100,11 +83,12 @@ class JobModel(BaseModel):
     """An asynchronous job (SPEC §1)."""
 
     id: str = Field(description="opaque, unguessable, URL-safe")
-    operation: str = Field(description="the registered operation, e.g. cluster.deploy")
+    # Only id, state, last_modified and _links are in every answer: ``fields`` may leave out the rest.
+    operation: str | None = Field(None, description="the registered operation, e.g. cluster.deploy")
     state: Literal["queued", "running", "success", "failure"]
-    message: str = Field(description="the latest human-readable status line")
+    message: str | None = Field(None, description="the latest human-readable status line")
     progress: int | None = Field(None, ge=0, le=100)
-    create_time: str | None = Field(description="RFC 3339, UTC, microseconds, Z")
+    create_time: str | None = Field(None, description="RFC 3339, UTC, microseconds, Z")
     start_time: str | None = None
     end_time: str | None = None
     last_modified: str = Field(description="changes on every visible change; strictly increasing")

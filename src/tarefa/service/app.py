@@ -24,6 +24,7 @@ FAILS_DEPLOY = ipaddress.ip_network("198.51.100.0/24")
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 HOST, CLUSTER = "host", "cluster"
 ClusterId = Annotated[str, Path(description="the cluster's id")]
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such resource"}}
 
 
 class HostIn(BaseModel):
@@ -150,7 +151,7 @@ def _host_routes(app: FastAPI, jobs: Tarefa) -> None:
     async def list_hosts() -> dict[str, Any]:
         return _collection(await jobs.store.list_resources(HOST))
 
-    @app.get("/api/hosts/{name}", tags=["hosts"], summary="Read a host")
+    @app.get("/api/hosts/{name}", tags=["hosts"], summary="Read a host", responses=_NOT_FOUND)
     async def get_host(name: str) -> dict[str, Any]:
         host = await jobs.store.get_resource(HOST, name)
         if host is None:
@@ -159,7 +160,16 @@ def _host_routes(app: FastAPI, jobs: Tarefa) -> None:
 
 
 def _cluster_routes(app: FastAPI, jobs: Tarefa) -> None:
-    @app.post("/api/clusters", status_code=201, tags=["clusters"], summary="Configure a cluster")
+    @app.post(
+        "/api/clusters",
+        status_code=201,
+        tags=["clusters"],
+        summary="Configure a cluster",
+        responses={
+            400: {"description": "Hosts that do not fit node_count, or are not registered"},
+            409: {"description": "A cluster of this name exists, or a host is in use"},
+        },
+    )
     async def create_cluster(body: ClusterIn, response: Response) -> dict[str, Any]:
         await _check_hosts(jobs, body)
         clusters = await jobs.store.list_resources(CLUSTER)
@@ -185,7 +195,7 @@ def _cluster_routes(app: FastAPI, jobs: Tarefa) -> None:
     async def list_clusters() -> dict[str, Any]:
         return _collection(await jobs.store.list_resources(CLUSTER))
 
-    @app.get("/api/clusters/{cluster_id}", tags=["clusters"], summary="Read a cluster")
+    @app.get("/api/clusters/{cluster_id}", tags=["clusters"], summary="Read a cluster", responses=_NOT_FOUND)
     async def get_cluster(cluster_id: ClusterId) -> dict[str, Any]:
         return {"record": await _cluster(jobs, cluster_id)}
 

@@ -1,9 +1,9 @@
 """schemathesis against a live ``tarefa serve``, on SQLite and on PostgreSQL.
 
-Every check of schemathesis, with the coverage, fuzzing and stateful phases, at a size that fits CI
-(a fixed seed, so that a run can be repeated): no 5xx, no undocumented status code, no answer
-outside its schema. ``schemathesis.toml`` beside this file says which answers the schema cannot
-express (and why).
+Every check of schemathesis but one (see ``schemathesis.toml``), with the coverage, fuzzing and
+stateful phases, at a size that fits CI (a fixed seed, so that a run can be repeated): no 5xx, no
+undocumented status code, no answer outside its schema. ``schemathesis.toml`` beside this file
+says which answers the schema cannot express (and why).
 """
 
 from __future__ import annotations
@@ -44,10 +44,11 @@ def test_schemathesis_finds_no_server_error_undocumented_status_or_schema_violat
     try:
         run = subprocess.run(
             [sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG), "run",
-             f"{server.url}/openapi.json", "--checks", "all", "--max-examples", str(EXAMPLES), "--seed", str(SEED),
+             f"{server.url}/openapi.json", "--checks", "all", "--exclude-checks", "ensure_resource_availability",
+             "--max-examples", str(EXAMPLES), "--seed", str(SEED),
              "--workers", "1", "--request-timeout", "10", "--no-color",
              "--report", "json", "--report-json-path", str(report)],
-            capture_output=True, text=True, timeout=300,
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,  # its cache goes there, not in the repo
         )  # fmt: skip
     finally:
         server.stop()

@@ -37,9 +37,24 @@ def _implied_responses(operation: dict[str, Any]) -> list[str]:
     return codes
 
 
+#: No control character in a path or query parameter: the request limits refuse them (400).
+NO_CONTROL_CHARACTERS = "^[^\\u0000-\\u001f\\u007f]*$"
+
+
+def _refuse_control_characters(operation: dict[str, Any]) -> None:
+    for parameter in operation.get("parameters", []):
+        if parameter.get("in") not in ("path", "query"):
+            continue
+        schema = parameter.get("schema", {})
+        for option in [schema, *schema.get("anyOf", [])]:
+            if option.get("type") == "string" and "pattern" not in option and "enum" not in option:
+                option["pattern"] = NO_CONTROL_CHARACTERS
+
+
 def _document_implied_responses(schema: dict[str, Any]) -> None:
     for path in schema.get("paths", {}).values():
         for operation in path.values():
+            _refuse_control_characters(operation)
             responses = operation.setdefault("responses", {})
             for code in _implied_responses(operation):
                 responses.setdefault(code, IMPLIED[code])

@@ -171,18 +171,21 @@ def format_timestamp(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-_RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:?\d{2})$")
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:?\d{2})$", re.ASCII
+)
 
 
 def parse_timestamp(text: str) -> datetime:
     """Parse an RFC 3339 timestamp of any sub-second precision, with ``Z`` or an offset.
 
     Digits beyond microseconds are truncated (a client echoing a nanosecond clock loses nothing
-    it could compare against). Raises :class:`ValueError` with a readable reason.
+    it could compare against). Digits are ASCII only; an offset is within ±23:59; the instant is
+    within the years 1..9999 in UTC. Raises :class:`ValueError` with a readable reason.
     """
-    match = _RFC3339.match(text.strip())
+    match = _RFC3339.fullmatch(text.strip())
     if match is None:
-        raise ValueError(f"{text!r} is not an RFC 3339 timestamp such as 2026-11-28T14:00:00.123456Z")
+        raise ValueError(f"{text[:60]!r} is not an RFC 3339 timestamp such as 2026-11-28T14:00:00.123456Z")
     year, month, day, hour, minute, second, fraction, zone = match.groups()
     micros = int((fraction or "0")[:6].ljust(6, "0"))
     if zone in ("Z", "z"):
@@ -190,12 +193,14 @@ def parse_timestamp(text: str) -> datetime:
     else:
         sign = -1 if zone[0] == "-" else 1
         digits = zone[1:].replace(":", "")
+        if int(digits[:2]) > 23 or int(digits[2:]) > 59:
+            raise ValueError(f"{text[:60]!r}: a UTC offset is at most ±23:59")
         offset = sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
     try:
         naive = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micros)
-    except ValueError as exc:
-        raise ValueError(f"{text!r} is not a valid date and time: {exc}") from None
-    return (naive - offset).replace(tzinfo=UTC)
+        return (naive - offset).replace(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"{text[:60]!r} is not a valid date and time: {exc}") from None
 
 
 # -- creation and transitions -------------------------------------------------------------------

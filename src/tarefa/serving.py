@@ -4,23 +4,68 @@ On SIGTERM/SIGINT, uvicorn first waits for open requests to end and only then ru
 shutdown. A long poll may wait up to 120 s, so :class:`GracefulServer` first tells tarefa to
 answer every waiting long poll *now* and to take no new jobs; then uvicorn closes, and the
 lifespan shutdown lets running jobs finish for the grace period and releases the rest.
+
+Against bad clients (:class:`ServerLimits`): a request body limit (413), header and body read
+timeouts (408, see :mod:`tarefa.http.protocol`), the descriptor limit raised to the hard limit at
+start, and a log line while descriptors run out (new connections are then refused).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import ipaddress
 import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
+from .http.limits import DEFAULT_MAX_BODY, BodyLimitMiddleware
 from .http.mount import Tarefa
+from .http.protocol import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, ReadTimeouts, protocol_class
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+log = logging.getLogger("tarefa.serving")
+_FD_DIR = "/proc/self/fd"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What one client may cost the server: body size (bytes) and read timeouts (seconds).
+
+    Read from ``TAREFA_MAX_BODY``, ``TAREFA_HEADER_TIMEOUT`` and ``TAREFA_BODY_TIMEOUT`` by
+    :meth:`from_env` when :func:`run` is given none."""
+
+    max_body: int = DEFAULT_MAX_BODY
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if self.max_body < 0 or self.header_timeout <= 0 or self.body_timeout <= 0:
+            raise ValueError(f"{self}: the body limit is 0 or more bytes, timeouts more than 0 s")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ServerLimits:
+        def read(name: str, kind: type[float], default: float) -> Any:
+            text = environ.get(name)
+            try:
+                return default if text is None else kind(text)
+            except ValueError:
+                raise ValueError(f"{name}={text!r} is not a {kind.__name__}") from None
+
+        return cls(
+            max_body=read("TAREFA_MAX_BODY", int, DEFAULT_MAX_BODY),
+            header_timeout=read("TAREFA_HEADER_TIMEOUT", float, DEFAULT_HEADER_TIMEOUT),
+            body_timeout=read("TAREFA_BODY_TIMEOUT", float, DEFAULT_BODY_TIMEOUT),
+        )
 
 
 class GracefulServer(uvicorn.Server):
@@ -33,7 +78,13 @@ class GracefulServer(uvicorn.Server):
 
     async def serve(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
+        watch = asyncio.create_task(_watch_descriptors(), name="tarefa-descriptors")
+        try:
+            await super().serve(sockets)
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.tarefa is not None and self._loop is not None and not self.should_exit:
@@ -73,16 +124,60 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def raise_descriptor_limit() -> int:
+    """Raise this process's RLIMIT_NOFILE soft limit to the hard one; log and return the limit."""
+    if sys.platform == "win32":
+        return 0
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("file descriptors: cannot raise the limit of %d to %d: %s", soft, target, exc)
+            target = soft
+    log.info("file descriptors: limit %d (was %d; hard limit %s)", target, soft,
+             "unlimited" if hard == resource.RLIM_INFINITY else hard)  # fmt: skip
+    return target
+
+
+async def _watch_descriptors(every: float = 1.0, quiet: float = 10.0) -> None:
+    """Log (at most once per ``quiet`` seconds) while descriptors are all but used up: the server
+    then refuses new connections (EMFILE on accept), which the event loop does without a word."""
+    if sys.platform == "win32" or not os.path.isdir(_FD_DIR):
+        return
+    import resource
+
+    last = -quiet
+    while True:
+        await asyncio.sleep(every)
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        try:
+            used = len(os.listdir(_FD_DIR))
+        except OSError:  # EMFILE: not even one descriptor left to list them
+            used = limit
+        if used >= limit - max(4, limit // 100) and time.monotonic() - last >= quiet:
+            last = time.monotonic()
+            log.warning("file descriptors: %d of %d in use; new connections are refused (EMFILE) until some "
+                        "close: raise the limit (ulimit -n) or lower the load", used, limit)  # fmt: skip
+
+
 def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, access_log: bool = False,
-        log_level: str = "info") -> None:  # fmt: skip
-    """Serve ``app`` (with its mounted Tarefa) until SIGTERM/SIGINT, then stop gracefully."""
+        log_level: str = "info", limits: ServerLimits | None = None) -> None:  # fmt: skip
+    """Serve ``app`` (with its mounted Tarefa) until SIGTERM/SIGINT, then stop gracefully.
+
+    ``limits`` (default: :meth:`ServerLimits.from_env`) bound what one client may cost."""
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    limits = limits or ServerLimits.from_env()
+    raise_descriptor_limit()
     config = uvicorn.Config(
-        app,
+        BodyLimitMiddleware(app, limits.max_body),
         host=host,
         port=port,
         loop="auto",
-        http="auto",
+        http=protocol_class(ReadTimeouts(limits.header_timeout, limits.body_timeout)),
         lifespan="on",
         access_log=access_log,
         log_level=log_level,

@@ -26,6 +26,7 @@ from ..store import Idempotency, IdempotencyMismatch, Precondition, ResourceBusy
 from ..values import UnstorableValue
 from .access import viewer_of
 from .errors import ApiError
+from .params import ASCII_DIGITS, IDEMPOTENCY_KEY_FORM, idempotency_key_from
 from .wire import ErrorBody, JobEnvelope, job_headers, job_to_wire, json_response
 
 if TYPE_CHECKING:
@@ -152,14 +153,15 @@ async def _async_call(
     return_timeout: Annotated[
         int,
         Query(ge=0, le=120, description="Wait up to this many seconds for the job to end (200 if it does)"),
+        ASCII_DIGITS,
     ] = 0,
-    idempotency_key: Annotated[
+    _idempotency_key: Annotated[
         str | None,
         Header(
             alias="Idempotency-Key",
-            min_length=1,
-            max_length=255,
-            description="Repeat a request safely: the same key returns the same job",
+            description="Repeat a request safely: the same key returns the same job (1 to 255 printable "
+            "characters, UTF-8; send it once)",
+            json_schema_extra={"pattern": IDEMPOTENCY_KEY_FORM},
         ),
     ] = None,
 ) -> JobStarter:
@@ -167,15 +169,9 @@ async def _async_call(
     if engine is None:
         raise RuntimeError("AsyncCall used in an app where no Tarefa is mounted: call tarefa.mount(app)")
     viewer = viewer_of(request)
+    idempotency_key = idempotency_key_from(request)  # the Header above documents it
     if idempotency_key is None:
         return JobStarter(engine, viewer, return_timeout, None)
-    if not idempotency_key.isprintable():
-        raise ApiError(
-            400,
-            "invalid_parameter",
-            "Idempotency-Key must be 1 to 255 printable characters",
-            target="Idempotency-Key",
-        )
     idempotency = await _fingerprint(request, idempotency_key)
     try:
         replay = await engine.jobs.replay(viewer, idempotency)

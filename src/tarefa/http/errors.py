@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..store import StoreUnavailable
@@ -26,7 +27,7 @@ log = logging.getLogger("tarefa.http")
 
 REQUEST_ID_HEADER = "request-id"
 _STATUS_CODES = {
-    400: "bad_request",
+    400: "invalid_body",  # the framework's own 400s are body parse errors
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
@@ -91,8 +92,17 @@ def _location(loc: Sequence[Any]) -> tuple[str, str]:
     return kind, ".".join(parts) if parts else kind
 
 
+def _unsupported_media_type(request: Request) -> ApiError:
+    sent = request.headers.get("content-type")
+    what = f"Content-Type {sent[:60]!r}" if sent else "no Content-Type"
+    return ApiError(415, "unsupported_media_type", f"the body came with {what}: send JSON with Content-Type: "
+                    "application/json", target="Content-Type")  # fmt: skip
+
+
 async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    if isinstance(exc.body, bytes) and exc.body:  # a body the framework did not read as JSON
+        return error_response(request, _unsupported_media_type(request))
     errors = exc.errors()
     first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
     kind, target = _location(first.get("loc", ()))
@@ -111,13 +121,30 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
 async def _on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _STATUS_CODES.get(exc.status_code, "error")
-    message = str(exc.detail)
-    if exc.status_code == 404 and message == "Not Found":
+    message = str(exc.detail)[:200]
+    if exc.status_code == 400 and message == "There was an error parsing the body":
+        message = "the request body could not be read as JSON text (UTF-8): send a JSON object"
+    elif exc.status_code == 404 and message == "Not Found":
         message = f"there is no resource at {request.url.path}"
-    elif exc.status_code == 405:
-        message = f"{request.method} is not allowed on {request.url.path}"
     headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}"
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
     return error_response(request, ApiError(exc.status_code, code, message, headers=headers))
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes at this path (Starlette's ``Allow`` names only the first route's)."""
+    scope = request.scope
+    allowed = [
+        method
+        for method in _METHODS
+        if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in request.app.router.routes)
+    ]
+    return ", ".join(allowed)
 
 
 async def _on_store_unavailable(request: Request, exc: Exception) -> Response:
@@ -127,13 +154,6 @@ async def _on_store_unavailable(request: Request, exc: Exception) -> Response:
         "repeat it shortly (with the same Idempotency-Key, for an asynchronous call)"
     )
     return error_response(request, ApiError(503, "store_unavailable", message, headers={"Retry-After": "1"}))
-
-
-async def _on_unexpected(request: Request, exc: Exception) -> Response:
-    rid = request_id(request)
-    log.error("request %s %s failed [request-id %s]", request.method, request.url.path, rid, exc_info=exc)
-    message = f"the server failed unexpectedly; quote request-id {rid} to its operators"
-    return error_response(request, ApiError(500, "internal_error", message))
 
 
 async def _on_replay(request: Request, exc: Exception) -> Response:
@@ -150,11 +170,16 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(HTTPException, _on_http_exception)
-    app.add_exception_handler(Exception, _on_unexpected)
+    # Unexpected faults are answered by RequestIdMiddleware, not by an ``Exception`` handler: Starlette
+    # re-raises after such a handler, and the server then drops the keep-alive connection unannounced.
 
 
 class RequestIdMiddleware:
-    """Give every request an id (the client's ``request-id`` if sane) and echo it on the answer."""
+    """Give every request an id (the client's ``request-id`` if sane) and echo it on the answer.
+
+    It also answers an unexpected fault: ``500 internal_error`` with the SPEC body, logged with the
+    request id; the connection stays usable (the fault is not raised on to the server).
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -163,27 +188,60 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = _incoming_id(scope) or _next_request_id()
-        scope.setdefault("state", {})["request_id"] = rid
+        rid = ensure_request_id(scope)
         header = (REQUEST_ID_HEADER.encode(), rid.encode())
+        started = False
 
         async def send_with_id(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = list(message.get("headers", ()))
                 if not any(name.lower() == header[0] for name, _ in headers):
                     message["headers"] = [*headers, header]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            log.error("request %s %s failed [request-id %s]", scope["method"], scope["path"], rid, exc_info=exc)
+            if started:
+                raise  # the answer is half sent: only closing the connection can tell the client
+            message = f"the server failed unexpectedly; quote request-id {rid} to its operators"
+            await send_error(send, rid, ApiError(500, "internal_error", message))
+
+
+async def send_error(send: Send, rid: str, error: ApiError, *, close: bool = False) -> None:
+    """Answer ``error`` with the SPEC body from plain ASGI (outside the framework's handlers)."""
+    body = orjson.dumps(error.body())
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        (REQUEST_ID_HEADER.encode(), rid.encode()),
+        *((name.lower().encode(), value.encode()) for name, value in error.headers.items()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 _PROCESS_PREFIX = secrets.token_hex(4)
 _request_numbers = itertools.count(1)
 
 
-def _next_request_id() -> str:
+def new_request_id() -> str:
     """Unique per process start and request (request ids need not be secret, so no urandom call)."""
     return f"{_PROCESS_PREFIX}{next(_request_numbers):08x}"
+
+
+def ensure_request_id(scope: Scope) -> str:
+    """The request's id: set once (the client's if sane, else a new one), kept by later callers."""
+    state = scope.setdefault("state", {})
+    if "request_id" not in state:
+        state["request_id"] = _incoming_id(scope) or new_request_id()
+    return str(state["request_id"])
 
 
 def _incoming_id(scope: Scope) -> str | None:

@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import re
 from collections.abc import Iterator
-from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from ..jobs import JobNotFound
-from ..model import JobState, from_microseconds, parse_timestamp, to_microseconds
 from ..store import JobAlreadyTerminal, JobNotTerminal, JobQuery
 from .access import viewer_of
 from .errors import REQUEST_ID_HEADER, ApiError, request_id
+from .params import (
+    After,
+    CancelAction,
+    Cursor,
+    Fields,
+    LastModified,
+    MaxRecords,
+    OperationFilter,
+    OrderBy,
+    PollTimeout,
+    StateFilter,
+    decode_cursor,
+    encode_cursor,
+    parse_baseline,
+    parse_fields,
+    parse_order,
+    parse_states,
+)
 from .wire import (
     ErrorBody,
     EventList,
@@ -30,7 +42,6 @@ from .wire import (
     job_headers,
     job_to_wire,
     json_response,
-    parse_fields,
 )
 
 if TYPE_CHECKING:
@@ -40,80 +51,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "A malformed parameter"},
     404: {"model": ErrorBody, "description": "No such job (or not yours)"},
 }
-_SPACE_FOR_PLUS = re.compile(r"(\d{2}:\d{2}:\d{2}(?:\.\d+)?) (\d{2}:?\d{2})$")
-
-PollTimeout = Annotated[
-    int | None,
-    Query(ge=1, le=120, description="Long poll: answer when the job changes, or after this many seconds"),
-]
-LastModified = Annotated[
-    str | None,
-    Query(
-        description="Long poll baseline (RFC 3339, optionally prefixed by > or >=): answer when the job's "
-        "last_modified is later. Default: the job's last_modified when the request arrives."
-    ),
-]
-Fields = Annotated[str | None, Query(description="Comma-separated Job fields to return (* for all)")]
-MaxRecords = Annotated[int, Query(ge=1, le=1000, description="At most this many records per page")]
-
-
-def parse_baseline(text: str | None) -> datetime | None:
-    """``last_modified`` with Deploy's optional ``>``/``>=`` prefix; a ``+`` decoded as space is mended."""
-    if text is None:
-        return None
-    value = text.strip().removeprefix(">=").removeprefix(">").strip()
-    value = _SPACE_FOR_PLUS.sub(r"\1+\2", value)
-    try:
-        return parse_timestamp(value)
-    except ValueError as exc:
-        raise ApiError(400, "invalid_parameter", str(exc), target="last_modified") from None
-
-
-def parse_states(text: str | None) -> frozenset[JobState]:
-    if not text:
-        return frozenset()
-    try:
-        return frozenset(JobState(part.strip()) for part in text.split("|"))
-    except ValueError:
-        raise ApiError(
-            400,
-            "invalid_parameter",
-            f"state {text!r}: use queued, running, success or failure, or several joined by | (queued|running)",
-            target="state",
-        ) from None
-
-
-def parse_order(text: str) -> tuple[str, bool]:
-    parts = text.split()
-    if not parts or len(parts) > 2 or parts[0] not in ("create_time", "last_modified"):
-        raise ApiError(
-            400,
-            "invalid_parameter",
-            f"order_by {text!r}: use create_time or last_modified, then asc or desc",
-            target="order_by",
-        )
-    direction = parts[1].lower() if len(parts) == 2 else "asc"
-    if direction not in ("asc", "desc"):
-        raise ApiError(400, "invalid_parameter", f"order_by direction {parts[1]!r}: use asc or desc", target="order_by")
-    return parts[0], direction == "desc"
-
-
-def encode_cursor(moment: datetime, job_id: str) -> str:
-    raw = orjson.dumps([to_microseconds(moment), job_id])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(text: str) -> tuple[datetime, str]:
-    try:
-        micros, job_id = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        return from_microseconds(int(micros)), str(job_id)
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
-        raise ApiError(
-            400,
-            "invalid_parameter",
-            "cursor is not one this server gave: follow _links.next as it is",
-            target="cursor",
-        ) from None
 
 
 def job_routes(engine: Tarefa) -> APIRouter:
@@ -125,12 +62,12 @@ def job_routes(engine: Tarefa) -> APIRouter:
     @router.get("", response_model=JobList, summary="List jobs")
     async def list_jobs(
         request: Request,
-        state: Annotated[str | None, Query(description="queued, running, success, failure; or a|b")] = None,
-        operation: str | None = None,
+        state: StateFilter = None,
+        operation: OperationFilter = None,
         max_records: MaxRecords = 100,
-        order_by: Annotated[str, Query(description="create_time or last_modified, asc or desc")] = "create_time desc",
+        order_by: OrderBy = "create_time desc",
         fields: Fields = None,
-        cursor: Annotated[str | None, Query(description="From _links.next; opaque")] = None,
+        cursor: Cursor = None,
     ) -> Response:
         selected = parse_fields(fields)
         order, descending = parse_order(order_by)
@@ -177,7 +114,7 @@ def job_routes(engine: Tarefa) -> APIRouter:
     async def job_events(
         request: Request,
         job_id: str,
-        after: Annotated[int, Query(ge=0, le=2**63 - 1, description="Only events with a later seq")] = 0,
+        after: After = 0,
         max_records: MaxRecords = 100,
     ) -> Response:
         with _translated(job_id):
@@ -197,11 +134,7 @@ def job_routes(engine: Tarefa) -> APIRouter:
         summary="Cancel a job",
         responses={409: {"model": ErrorBody, "description": "The job has already ended"}},
     )
-    async def change_job(
-        request: Request, job_id: str, action: Annotated[str, Query(description="cancel")]
-    ) -> Response:
-        if action != "cancel":
-            raise ApiError(400, "invalid_parameter", f"action {action!r}: the only action is cancel", target="action")
+    async def change_job(request: Request, job_id: str, action: CancelAction) -> Response:
         with _translated(job_id):
             job = await jobs.cancel(viewer_of(request), job_id)
         return json_response({"job": job_to_wire(job, engine.jobs_href)}, 202, job_headers(job))

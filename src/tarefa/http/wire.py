@@ -11,7 +11,6 @@ from pydantic import BaseModel, Field, create_model
 from starlette.responses import Response
 
 from ..model import WIRE_FIELDS, FieldInfo, Job, JobError, JobEvent, JobState, format_timestamp, to_microseconds
-from .errors import ApiError
 
 #: The Job's fields on the wire, in order (derived from the model's one field list).
 JOB_FIELDS = (*(field.name for field in WIRE_FIELDS), "_links")
@@ -70,22 +69,6 @@ def event_to_wire(event: JobEvent) -> dict[str, Any]:
     if event.error is not None:
         body["error"] = _error(event.error)
     return body
-
-
-def parse_fields(text: str | None) -> frozenset[str] | None:
-    """``fields=a,b`` → the set; ``*``/``**``/absent → None (all). Unknown names → 400."""
-    if text is None or text.strip() in ("", "*", "**"):
-        return None
-    names = frozenset(part.strip() for part in text.split(",") if part.strip())
-    unknown = sorted(names - set(JOB_FIELDS))
-    if unknown:
-        raise ApiError(
-            400,
-            "invalid_parameter",
-            f"unknown field(s) {', '.join(unknown)}; the Job fields are {', '.join(JOB_FIELDS)}",
-            target="fields",
-        )
-    return names
 
 
 def etag(job: Job) -> str:
@@ -150,11 +133,11 @@ _EXAMPLES: dict[str, Any] = {
 
 
 def _model_field(field: FieldInfo) -> tuple[Any, Any]:
-    """A Job field for pydantic: required when always sent (typed nullable when it may be
-    null), optional when only sometimes sent."""
+    """A Job field for pydantic: required when every answer has it (``fields=`` cannot leave it
+    out; typed nullable when it may be null), optional otherwise."""
     kind: Any = _SCHEMA[field.kind]
     examples = [_EXAMPLES[field.name]] if field.name in _EXAMPLES else None
-    if field.wire != "always":
+    if field.wire != "always" or field.name not in ALWAYS_INCLUDED:
         return kind | None, Field(None, description=field.doc, examples=examples)
     nullable = type(None) in typing.get_args(_HINTS[field.name])
     return (kind | None) if nullable else kind, Field(description=field.doc, examples=examples)

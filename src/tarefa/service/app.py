@@ -27,6 +27,7 @@ HOST, CLUSTER = "host", "cluster"
 # one cluster per host. Taken with the cluster in one transaction, dropped with it.
 CLUSTER_NAME, HOST_USE = "cluster-name", "host-use"
 ClusterId = Annotated[str, Path(description="the cluster's id")]
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such resource"}}
 
 
 class HostIn(BaseModel):
@@ -217,7 +218,7 @@ def _host_routes(app: FastAPI, jobs: Tarefa) -> None:
     async def list_hosts() -> dict[str, Any]:
         return _collection(await jobs.documents(HOST).list())
 
-    @app.get("/api/hosts/{name}", tags=["hosts"], summary="Read a host")
+    @app.get("/api/hosts/{name}", tags=["hosts"], summary="Read a host", responses=_NOT_FOUND)
     async def get_host(name: str) -> dict[str, Any]:
         host = await jobs.documents(HOST).get(name)
         if host is None:
@@ -226,7 +227,16 @@ def _host_routes(app: FastAPI, jobs: Tarefa) -> None:
 
 
 def _cluster_routes(app: FastAPI, jobs: Tarefa) -> None:
-    @app.post("/api/clusters", status_code=201, tags=["clusters"], summary="Configure a cluster")
+    @app.post(
+        "/api/clusters",
+        status_code=201,
+        tags=["clusters"],
+        summary="Configure a cluster",
+        responses={
+            400: {"description": "Hosts that do not fit node_count, or are not registered"},
+            409: {"description": "A cluster of this name exists, or a host is in use"},
+        },
+    )
     async def create_cluster(body: ClusterIn, response: Response) -> dict[str, Any]:
         await _check_hosts(jobs, body)
         if (taken := await _taken(jobs, body)) is not None:
@@ -256,7 +266,7 @@ def _cluster_routes(app: FastAPI, jobs: Tarefa) -> None:
     async def list_clusters() -> dict[str, Any]:
         return _collection(await jobs.documents(CLUSTER).list())
 
-    @app.get("/api/clusters/{cluster_id}", tags=["clusters"], summary="Read a cluster")
+    @app.get("/api/clusters/{cluster_id}", tags=["clusters"], summary="Read a cluster", responses=_NOT_FOUND)
     async def get_cluster(cluster_id: ClusterId) -> dict[str, Any]:
         return {"record": await _cluster(jobs, cluster_id)}
 

@@ -1,0 +1,115 @@
+"""uvicorn's HTTP/1.1 protocol (httptools) with read timeouts and SPEC error bodies.
+
+uvicorn reads request headers and bodies with no time limit, so a client that sends a header a
+minute (slowloris) or declares a body it never sends holds a connection, and a descriptor,
+forever. This protocol gives each request ``header_timeout`` seconds from its first byte (or
+from the connection's opening) to its last header line, and the body ``body_timeout`` seconds
+between two pieces; then it answers ``408`` and closes. The server's own refusals of malformed
+HTTP (uvicorn writes them in plain text) get the SPEC error body and a ``request-id`` (§6).
+
+Use it with ``uvicorn.Config(http=protocol_class(ReadTimeouts(...)))``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from .errors import REQUEST_ID_HEADER, ApiError, new_request_id
+
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadTimeouts:
+    """Seconds a client gets to send its request headers, and between two pieces of its body."""
+
+    header: float = DEFAULT_HEADER_TIMEOUT
+    body: float = DEFAULT_BODY_TIMEOUT
+
+
+def protocol_class(timeouts: ReadTimeouts) -> type[TimedHttpProtocol]:
+    """The protocol class for ``uvicorn.Config(http=...)``, with these timeouts."""
+    return type("TimedHttpProtocol", (TimedHttpProtocol,), {"timeouts": timeouts})
+
+
+def raw_error(error: ApiError) -> bytes:
+    """A whole HTTP/1.1 answer with the SPEC body and ``Connection: close``, as bytes."""
+    body = orjson.dumps(error.body())
+    head = (
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\ncache-control: no-store\r\n"
+        f"{REQUEST_ID_HEADER}: {new_request_id()}\r\nconnection: close\r\n\r\n"
+    )
+    return STATUS_LINE[error.status] + head.encode() + body
+
+
+class TimedHttpProtocol(HttpToolsProtocol):
+    """:class:`HttpToolsProtocol` with header and body read timeouts and SPEC error bodies."""
+
+    timeouts = ReadTimeouts()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._read_timer: asyncio.TimerHandle | None = None
+
+    def _arm(self, seconds: float, reading: str) -> None:
+        self._disarm()
+        self._read_timer = self.loop.call_later(seconds, self._read_timed_out, reading)
+
+    def _disarm(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.timeouts.header, "connection")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm(self.timeouts.header, "headers")
+
+    def on_headers_complete(self) -> None:
+        self._arm(self.timeouts.body, "body")
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._arm(self.timeouts.body, "body")
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def _read_timed_out(self, reading: str) -> None:
+        self._read_timer = None
+        if self.transport.is_closing():
+            return
+        if reading == "connection":  # a connection that never sent a byte: nothing to answer
+            self.transport.close()
+            return
+        cycle = self.cycle if reading == "body" else None
+        if cycle is None or not cycle.response_started:
+            seconds = self.timeouts.header if reading == "headers" else self.timeouts.body
+            message = f"the request {reading} did not arrive within {seconds:g} s; send the whole request at once"
+            self.transport.write(raw_error(ApiError(408, "request_timeout", message)))
+        if cycle is not None:
+            cycle.disconnected = True  # the application's receive() now gets http.disconnect
+            cycle.message_event.set()
+        self.logger.info("closed a connection whose request %s did not arrive in time", reading)
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        self._disarm()
+        message = "the request is not valid HTTP/1.1 (request line, headers or framing); it was not processed"
+        self.transport.write(raw_error(ApiError(400, "invalid_request", message)))
+        self.transport.close()

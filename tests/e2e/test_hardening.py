@@ -21,6 +21,17 @@ from pg_database import postgres_database
 
 from conftest import ServerProcess, free_port
 
+TIMEOUT = 30.0  # seconds an answer may take on a loaded CI machine
+
+
+def get(url: str, **options: Any) -> httpx.Response:
+    return httpx.get(url, **{"timeout": TIMEOUT, **options})
+
+
+def post(url: str, **options: Any) -> httpx.Response:
+    return httpx.post(url, **{"timeout": TIMEOUT, **options})
+
+
 # -- servers ----------------------------------------------------------------------------------------
 
 
@@ -57,7 +68,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     server.stop()
 
 
-def exchange(server: ServerProcess, data: bytes, wait: float = 5.0) -> tuple[bytes, float]:
+def exchange(server: ServerProcess, data: bytes, wait: float = 20.0) -> tuple[bytes, float]:
     """Send ``data`` on a new connection; what came back until the server closed it, and when."""
     start = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port), timeout=wait) as sock:
@@ -124,7 +135,7 @@ def any_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     with postgres_database("tarefa_hardening") if request.param == "postgres" else _no_database() as url:
         server = serve(tmp, store=url)
         try:
-            job = httpx.post(f"{server.url}/api/hosts", json={"name": "h1", "address": "10.0.0.1"}).json()["job"]
+            job = post(f"{server.url}/api/hosts", json={"name": "h1", "address": "10.0.0.1"}).json()["job"]
             server.env["job"] = job["id"]
             yield server
         finally:
@@ -170,16 +181,16 @@ def test_no_query_parameter_value_is_a_server_error(
         "delete": ("DELETE", job_url),
         "start": ("POST", f"{any_store.url}/api/clusters/none/deploy"),
     }[route]
-    assert_no_fault(httpx.request(*request, params=params, timeout=10))
+    assert_no_fault(httpx.request(*request, params=params, timeout=TIMEOUT))
 
 
 def test_forged_cursors_and_extreme_timestamps_are_400s(any_store: ServerProcess) -> None:
     job_url = f"{any_store.url}/api/jobs/{any_store.env['job']}"
     for cursor in ["WzFlMzAsIngiXQ", *(base64.b64encode(b'[%d,"x"]' % n).decode() for n in (2**63 - 1, 2**70))]:
-        answer = httpx.get(f"{any_store.url}/api/jobs", params={"cursor": cursor})
+        answer = get(f"{any_store.url}/api/jobs", params={"cursor": cursor})
         assert (answer.status_code, answer.json()["error"]["target"]) == (400, "cursor")
     for stamp in ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "2026-11-28T14:00:00+99:99"]:
-        answer = httpx.get(job_url, params={"poll_timeout": "1", "last_modified": stamp})
+        answer = get(job_url, params={"poll_timeout": "1", "last_modified": stamp})
         assert (answer.status_code, answer.json()["error"]["code"]) == (400, "invalid_parameter")
 
 
@@ -192,25 +203,25 @@ def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(quick: Serv
     )
     answer, took = exchange(quick, request)
     headers = assert_spec_error(answer, 413, "request_too_large")
-    assert headers["connection"] == "close" and took < 1.0
+    assert headers["connection"] == "close" and took < 10  # answered though the body never came
 
 
 def test_a_chunked_body_is_cut_off_at_the_limit(quick: ServerProcess) -> None:
     chunk = b"400\r\n" + b" " * 1024 + b"\r\n"
-    with socket.create_connection(("127.0.0.1", quick.port), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", quick.port), timeout=20) as sock:
         sock.sendall(b"POST /api/hosts HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 2)  # fmt: skip
         answer = b""
         while piece := sock.recv(65536):
             answer += piece
     assert_spec_error(answer, 413, "request_too_large")
-    small = httpx.post(f"{quick.url}/api/hosts", json={"name": "small", "address": "10.0.0.2"})
+    small = post(f"{quick.url}/api/hosts", json={"name": "small", "address": "10.0.0.2"})
     assert small.status_code == 202  # a body within the limit still goes through
 
 
 def test_the_default_limit_is_one_mebibyte(any_store: ServerProcess) -> None:
     body = b'{"name": "big", "address": "' + b"a" * (1024 * 1024) + b'"}'
-    answer = httpx.post(f"{any_store.url}/api/hosts", content=body, headers={"Content-Type": "application/json"})
+    answer = post(f"{any_store.url}/api/hosts", content=body, headers={"Content-Type": "application/json"})
     assert (answer.status_code, answer.json()["error"]["code"]) == (413, "request_too_large")
     assert answer.headers["request-id"]
 
@@ -233,13 +244,13 @@ def test_a_request_that_stalls_is_answered_408_and_closed(quick: ServerProcess, 
                                                           reading: str) -> None:  # fmt: skip
     answer, took = exchange(quick, request_bytes)
     assert_spec_error(answer, 408, "request_timeout")
-    assert 0.9 <= took < 4.0
+    assert 0.9 <= took < 15
     assert f"request {reading} did not arrive in time" in quick.log()
 
 
 def test_a_connection_that_sends_nothing_is_closed(quick: ServerProcess) -> None:
     answer, took = exchange(quick, b"")
-    assert answer == b"" and 0.9 <= took < 4.0
+    assert answer == b"" and 0.9 <= took < 15
 
 
 def test_descriptors_are_raised_to_the_hard_limit_and_their_exhaustion_is_logged(tmp_path: Path) -> None:
@@ -255,14 +266,14 @@ def test_descriptors_are_raised_to_the_hard_limit_and_their_exhaustion_is_logged
                 held.append(socket.create_connection(("127.0.0.1", server.port), timeout=2))
             except OSError:
                 break
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 20
         while "new connections are refused (EMFILE)" not in server.log() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert "new connections are refused (EMFILE)" in server.log()
         for sock in held:
             sock.close()
         time.sleep(0.5)
-        assert httpx.get(f"{server.url}/api/jobs", timeout=5).status_code == 200  # and it recovers
+        assert get(f"{server.url}/api/jobs").status_code == 200  # and it recovers
     finally:
         server.stop()
 
@@ -273,7 +284,7 @@ def test_descriptors_are_raised_to_the_hard_limit_and_their_exhaustion_is_logged
 def test_a_500_answers_with_the_spec_body_and_keeps_the_connection(tmp_path: Path) -> None:
     server = serve(tmp_path, "--app", "tests.e2e.apps.faulty:app")
     try:
-        with httpx.Client(base_url=server.url, timeout=5) as client:
+        with httpx.Client(base_url=server.url, timeout=TIMEOUT) as client:
             fault = client.get("/api/fault")
             assert (fault.status_code, fault.json()["error"]["code"]) == (500, "internal_error")
             assert fault.headers.get("connection") != "close"
@@ -287,7 +298,7 @@ def test_a_500_answers_with_the_spec_body_and_keeps_the_connection(tmp_path: Pat
 
 def client_connections(server: ServerProcess) -> int:
     """Connections the server saw in the test above: one when the 500 kept it open."""
-    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
         sock.sendall(b"GET /api/fault HTTP/1.1\r\nHost: t\r\n\r\nGET /api/jobs HTTP/1.1\r\nHost: t\r\n\r\n")
         answer = b""
         while answer.count(b"HTTP/1.1 ") < 2:
@@ -322,7 +333,7 @@ def test_a_malformed_http_request_gets_the_spec_error_body(quick: ServerProcess,
 
 
 def test_the_openapi_document_names_every_answer_of_the_reference_service(any_store: ServerProcess) -> None:
-    paths = httpx.get(f"{any_store.url}/openapi.json").json()["paths"]
+    paths = get(f"{any_store.url}/openapi.json").json()["paths"]
 
     def codes(path: str, method: str) -> set[str]:
         return set(paths[path][method]["responses"])
@@ -336,9 +347,9 @@ def test_the_openapi_document_names_every_answer_of_the_reference_service(any_st
 
 def test_body_errors_are_invalid_body_or_415(any_store: ServerProcess) -> None:
     url = f"{any_store.url}/api/hosts"
-    not_utf8 = httpx.post(url, content=b'{"name": "\xff"}', headers={"Content-Type": "application/json"})
+    not_utf8 = post(url, content=b'{"name": "\xff"}', headers={"Content-Type": "application/json"})
     assert (not_utf8.status_code, not_utf8.json()["error"]["code"]) == (400, "invalid_body")
-    untyped = httpx.post(url, content=b'{"name": "h", "address": "a"}')
+    untyped = post(url, content=b'{"name": "h", "address": "a"}')
     assert (untyped.status_code, untyped.json()["error"]["code"]) == (415, "unsupported_media_type")
 
 
@@ -346,13 +357,13 @@ def test_idempotency_keys_are_utf8_and_sent_once(any_store: ServerProcess) -> No
     url = f"{any_store.url}/api/hosts"
     host = {"name": "idem", "address": "10.0.0.9"}
     key = "chave-ñ-✓".encode()
-    first = httpx.post(url, json=host, headers=[(b"Idempotency-Key", key)])
-    again = httpx.post(url, json=host, headers=[(b"Idempotency-Key", key)])
+    first = post(url, json=host, headers=[(b"Idempotency-Key", key)])
+    again = post(url, json=host, headers=[(b"Idempotency-Key", key)])
     assert first.status_code == again.status_code == 202 and first.json()["job"]["id"] == again.json()["job"]["id"]
     for headers in ([(b"Idempotency-Key", b"\xe9")], [(b"Idempotency-Key", b"a"), (b"Idempotency-Key", b"b")]):
-        refused = httpx.post(url, json={"name": "idem2", "address": "10.0.0.9"}, headers=headers)
+        refused = post(url, json={"name": "idem2", "address": "10.0.0.9"}, headers=headers)
         assert (refused.status_code, refused.json()["error"]["target"]) == (400, "Idempotency-Key")
-    assert httpx.get(f"{any_store.url}/api/jobs", params={"operation": "host.register"}).json()["num_records"] >= 1
+    assert get(f"{any_store.url}/api/jobs", params={"operation": "host.register"}).json()["num_records"] >= 1
 
 
 # -- point 10: strict and brief --------------------------------------------------------------------------
@@ -365,11 +376,11 @@ def test_idempotency_keys_are_utf8_and_sent_once(any_store: ServerProcess) -> No
      {"poll_timeout": "1", "last_modified": "٢٠٢٦-11-28T14:00:00Z"}],
 )  # fmt: skip
 def test_lenient_values_are_refused(any_store: ServerProcess, params: dict[str, str]) -> None:
-    answer = httpx.get(f"{any_store.url}/api/jobs/{any_store.env['job']}", params=params)
+    answer = get(f"{any_store.url}/api/jobs/{any_store.env['job']}", params=params)
     assert (answer.status_code, answer.json()["error"]["code"]) == (400, "invalid_parameter")
 
 
 def test_ten_thousand_unknown_fields_get_a_brief_answer(any_store: ServerProcess) -> None:
     fields = ",".join(f"n{i}" for i in range(10_000))  # 59 KB: within httpx's URL limit
-    answer = httpx.get(f"{any_store.url}/api/jobs?fields={fields}")
+    answer = get(f"{any_store.url}/api/jobs?fields={fields}")
     assert answer.status_code == 400 and len(answer.content) < 1000

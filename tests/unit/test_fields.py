@@ -60,3 +60,24 @@ def test_the_postgresql_schema_names_every_column() -> None:
         line.split()[0] for line in created.group(1).strip().splitlines() if not line.strip().startswith("CONSTRAINT")
     ]
     assert [name for name in declared if name in columns.NAMES] == list(columns.NAMES)
+
+
+#: Where the client's Job keeps a wire field whose name it does not share.
+CLIENT_NAMES = {"resource": "resource_href", "_links": "self_href"}
+
+
+def test_the_clients_job_reads_every_wire_field() -> None:
+    from tarefa.client import Job as ClientJob
+
+    names = {field.name for field in dataclasses.fields(ClientJob)}
+    assert [name for name in JOB_FIELDS if CLIENT_NAMES.get(name, name) not in names] == []
+    for state in (JobState.SUCCESS, JobState.FAILURE):
+        job = full_job(state)
+        parsed = ClientJob.from_wire(job_to_wire(job, "/api/jobs"))
+        for field in WIRE_FIELDS:
+            value = getattr(parsed, CLIENT_NAMES.get(field.name, field.name))
+            expected = getattr(job, field.name)
+            if field.name == "result" and state is JobState.FAILURE:
+                expected = None  # sent only on success
+            assert value == expected, field.name
+        assert parsed.self_href == f"/api/jobs/{job.id}"

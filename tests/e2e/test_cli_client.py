@@ -74,7 +74,6 @@ def test_http_errors_exit_2_with_one_line(server: Any) -> None:
 
 
 def test_unreachable_server_says_at_once_that_it_retries_then_exits_2() -> None:
-    started = time.monotonic()
     with subprocess.Popen(
         [sys.executable, "-m", "tarefa", "jobs", "list", "--retry-for", "3", "--url", "http://127.0.0.1:9"],
         stderr=subprocess.PIPE,
@@ -83,10 +82,11 @@ def test_unreachable_server_says_at_once_that_it_retries_then_exits_2() -> None:
     ) as proc:
         assert proc.stderr is not None
         first = proc.stderr.readline()
-        said_after = time.monotonic() - started
+        said_at = time.monotonic()
         rest = proc.stderr.read()
         assert proc.wait(30) == 2
-    assert said_after < 2.5, "the retry notice must come at once, not when giving up"
+    # --retry-for 3: the notice comes with the first failure, seconds before the CLI gives up
+    assert time.monotonic() - said_at > 2.0, "the retry notice must come at once, not when giving up"
     assert first.startswith("tarefa: GET http://127.0.0.1:9/api/jobs") and "Connection refused" in first
     assert "retrying for up to 3 s" in first
     assert "failed: [Errno 111] Connection refused (gave up after" in rest and "Traceback" not in rest
@@ -218,7 +218,7 @@ def test_jobs_wait_timeout_exits_3(start_server: Any) -> None:
 
 
 def test_jobs_list_show_cancel_delete(start_server: Any) -> None:
-    slow = start_server(step_delay=2.0)
+    slow = start_server(step_delay=5.0)  # long enough to cancel it on a loaded machine
     with Client(slow.url) as client:
         job = client.submit("POST", "/api/hosts", {"name": "c8", "address": "10.0.0.8"})
     listed = tarefa("jobs", "list", "--state", "queued|running", "-o", "json", url=slow.url)

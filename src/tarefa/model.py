@@ -232,8 +232,14 @@ _RANDOM = _RandomPool()
 
 
 def new_job_id() -> str:
-    """128 random bits from the OS's CSPRNG, URL-safe base64 without padding (22 characters)."""
-    return base64.urlsafe_b64encode(_RANDOM.take(16)).rstrip(b"=").decode()
+    """128 random bits from the OS's CSPRNG, URL-safe base64 without padding (22 characters).
+
+    Never with a leading ``-``, which a command line would take for an option: such a draw (1 in
+    64) is drawn again, which leaves 127.9 bits of randomness."""
+    while True:
+        job_id = base64.urlsafe_b64encode(_RANDOM.take(16)).rstrip(b"=").decode()
+        if not job_id.startswith("-"):
+            return job_id
 
 
 def new_job(

@@ -593,3 +593,9 @@ async def test_the_history_of_an_unknown_or_deleted_job_is_404(api: Api) -> None
     assert (await api.client.delete(f"/api/jobs/{job_id}")).status_code == 204
     response = await api.client.get(f"/api/jobs/{job_id}/events")
     assert response.status_code == 404 and response.json()["error"]["code"] == "job_not_found"
+
+
+async def test_the_list_answers_with_a_trailing_slash_too(idle: Api) -> None:
+    job_id = (await idle.start()).json()["job"]["id"]
+    answer = await idle.client.get("/api/jobs/", params={"max_records": 5})
+    assert answer.status_code == 200 and [record["id"] for record in answer.json()["records"]] == [job_id]

@@ -170,3 +170,11 @@ def test_a_forked_child_never_repeats_the_parents_ids() -> None:
     child_id = os.read(read, 64).decode()
     os.close(read)
     assert len(child_id) == 22 and child_id != model.new_job_id()
+
+
+def test_job_ids_never_begin_with_a_dash() -> None:
+    from tarefa.model import new_job_id
+
+    ids = [new_job_id() for _ in range(5000)]
+    assert not [job_id for job_id in ids if job_id.startswith("-")]
+    assert len(set(ids)) == len(ids) and {len(job_id) for job_id in ids} == {22}

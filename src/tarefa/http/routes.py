@@ -88,6 +88,9 @@ def job_routes(engine: Tarefa) -> APIRouter:
             body["_links"]["next"] = {"href": _next_href(request, engine.jobs_href, encode_cursor(moment, last.id))}
         return json_response(body, headers={"Cache-Control": "no-store"})
 
+    # ``/api/jobs/`` is the list too, not a bare redirect.
+    router.add_api_route("/", list_jobs, methods=["GET"], include_in_schema=False)
+
     @router.get("/{job_id}", response_model=JobRecord, summary="Read a job (standard or long poll)")
     async def get_job(
         request: Request,

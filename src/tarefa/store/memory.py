@@ -9,6 +9,7 @@ back is what a durable store would give back. A write runs its program at once, 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +23,7 @@ from .columns import Codec, json_bytes
 from .documents import Documents
 from .jobstore import JobStore
 from .steps import (
+    CountJobs,
     DeleteJob,
     IdempotentEntry,
     InsertJob,
@@ -35,6 +37,7 @@ from .steps import (
     LoadResourceHolder,
     Program,
     PurgeJobs,
+    ReadSchemaVersion,
     RenewLeases,
     SaveJobs,
     SetAnswerStatus,
@@ -153,6 +156,10 @@ class MemoryStore(JobStore, Documents):
                 row = self._rows.get(job_id)
                 events = row.events if row is not None else []
                 return [event for event in events if event.seq > after][:limit]
+            case CountJobs():
+                return dict(Counter((job.state.value, job.operation) for job in self._jobs()))
+            case ReadSchemaVersion():
+                return (1, 1)
         raise AssertionError(f"unknown step {step!r}")
 
     def _job(self, job_id: str) -> Job | None:

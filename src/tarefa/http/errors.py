@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..logs import request_id_var
 from ..store import StoreUnavailable
 
 log = logging.getLogger("tarefa.http")
@@ -165,6 +166,7 @@ class RequestIdMiddleware:
             return
         rid = _incoming_id(scope) or _next_request_id()
         scope.setdefault("state", {})["request_id"] = rid
+        request_id_var.set(rid)  # not reset: the request's task ends with it (and its 500 line needs it)
         header = (REQUEST_ID_HEADER.encode(), rid.encode())
 
         async def send_with_id(message: Message) -> None:

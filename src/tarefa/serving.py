@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import ipaddress
-import logging
 from types import FrameType
 from typing import Any
 
@@ -19,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from .http.mount import Tarefa
+from .logs import configure_logging
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -74,9 +74,9 @@ def is_loopback(host: str) -> bool:
 
 
 def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, access_log: bool = False,
-        log_level: str = "info") -> None:  # fmt: skip
+        log_level: str = "info", log_format: str = "text") -> None:  # fmt: skip
     """Serve ``app`` (with its mounted Tarefa) until SIGTERM/SIGINT, then stop gracefully."""
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    configure_logging(log_format, log_level)
     config = uvicorn.Config(
         app,
         host=host,
@@ -86,6 +86,7 @@ def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, access_log: 
         lifespan="on",
         access_log=access_log,
         log_level=log_level,
+        log_config=None,  # configure_logging: one format for uvicorn's lines and ours
         timeout_graceful_shutdown=10,
         timeout_keep_alive=130,
     )

@@ -62,8 +62,8 @@ function jobRow(job, withOwner) {
   return el("tr", { "data-job": job.id },
     el("td", { class: "id" }, el("a", { href: `#/jobs/${job.id}` }, job.id.slice(0, 10))),
     el("td", {}, job.operation), el("td", {}, badge(job.state)), el("td", {}, bar(job.progress)),
-    el("td", { class: "message" }, job.message), el("td", {}, time(job.create_time)),
-    el("td", {}, time(job.start_time)), el("td", {}, time(job.end_time)),
+    el("td", { class: "message" }, job.message), el("td", { class: "time" }, time(job.create_time)),
+    el("td", { class: "time" }, time(job.start_time)), el("td", { class: "time" }, time(job.end_time)),
     withOwner ? el("td", {}, job.owner) : "");
 }
 

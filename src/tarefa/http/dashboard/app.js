@@ -4,6 +4,8 @@
 "use strict";
 const JOBS = document.body.dataset.jobs;
 const CHANGES = JOBS.replace(/\/jobs$/, "/changes");
+// The list reads only what it shows (no input or result); add "owner" once the wire carries it.
+const LIST_FIELDS = "operation,state,progress,message,create_time,start_time,end_time";
 const STATES = ["", "queued", "running", "success", "failure", "queued|running"];
 const main = document.getElementById("main");
 const live = document.getElementById("live");
@@ -42,7 +44,7 @@ function bar(progress) {
 // -- the list -------------------------------------------------------------------------------------
 
 function listUrl() {
-  const query = new URLSearchParams({ max_records: "100", order_by: "create_time desc" });
+  const query = new URLSearchParams({ max_records: "100", order_by: "create_time desc", fields: LIST_FIELDS });
   if (filters.state) query.set("state", filters.state);
   if (filters.operation) query.set("operation", filters.operation);
   return `${JOBS}?${query}`;
@@ -83,7 +85,7 @@ async function listLoop(mine) {
   while (mine === view) {
     renderList((await api(listUrl())).records);
     token = (await api(`${CHANGES}?after=${encodeURIComponent(token)}&poll_timeout=30`)).token;
-    await sleep(150); // a burst of changes costs one read
+    await sleep(300); // a burst of changes costs one read (and the list is still shown within a second)
   }
 }
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from . import model
 from .jobs import Jobs
+from .metrics import Metrics
 from .operations import OperationRegistry
 from .runner import Runner
 from .store import DocumentKind, JobStore, StoreError, open_store
@@ -55,6 +56,8 @@ class Engine:
         self._store_spec: str | JobStore = store or os.environ.get("TAREFA_STORE") or DEFAULT_STORE
         self._store: JobStore | None = None
         self.jobs = Jobs(lambda: self.store, self.operations, self.hub)
+        self.metrics = Metrics(lambda: self.store.count_jobs(), lambda: self.hub.waiting)
+        self.hub.on_wakeup = self.metrics.long_poll_woken
         self._runner: Runner | None = None
         self._background: list[asyncio.Task[None]] = []
 
@@ -104,6 +107,18 @@ class Engine:
     def runner(self) -> Runner | None:
         return self._runner
 
+    @property
+    def store_url(self) -> str:
+        """The store's URL without a password (for logs), or the store's class name."""
+        spec = self._store_spec
+        if not isinstance(spec, str):
+            return type(spec).__name__
+        scheme, sep, rest = spec.partition("://")
+        credentials, at, place = rest.rpartition("@")
+        if at and ":" in credentials:
+            credentials = credentials.split(":", 1)[0] + ":***"
+        return f"{scheme}{sep}{credentials}{at}{place}"
+
     def build_store(self) -> JobStore:
         """The configured store, not yet opened."""
         spec = self._store_spec
@@ -115,7 +130,9 @@ class Engine:
         store.add_listener(self.hub.publish)
         await store.open()
         self._store = store
-        self._runner = Runner(store, self.operations, concurrency=self.workers, lease_seconds=self.lease_seconds)
+        self._runner = Runner(
+            store, self.operations, concurrency=self.workers, lease_seconds=self.lease_seconds, metrics=self.metrics
+        )
         await self._runner.start()
         self._background = [asyncio.create_task(self._purge_loop(), name="tarefa-purge")]
 

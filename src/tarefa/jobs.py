@@ -154,6 +154,11 @@ class Jobs:
             job = changed
         return job
 
+    async def wait_for_any_change(self, viewer: Viewer, after: str | None, timeout: float) -> str:
+        """A token of the changes ``viewer`` may see, once one comes after the token ``after``
+        (at once without one), or after ``timeout`` seconds. No store query while waiting."""
+        return await self._hub.wait_for_any(viewer.owner_filter, after, timeout)
+
     async def page(self, viewer: Viewer, query: JobQuery) -> list[Job]:
         """A page of the jobs ``viewer`` may see (``query.owner`` is set from the viewer)."""
         if query.operation is not None and text_problem(query.operation):

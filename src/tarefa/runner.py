@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import random
@@ -22,6 +23,8 @@ import orjson
 from pydantic import BaseModel
 
 from .backoff import Backoff
+from .logs import job_id_var
+from .metrics import Metrics
 from .model import Job, JobState
 from .operations import (
     JobCancelled,
@@ -77,6 +80,7 @@ class Runner:
         lease_seconds: float = 30.0,
         poll_seconds: float | None = None,
         worker_id: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
@@ -86,6 +90,7 @@ class Runner:
         # process owns, every second for a shared store (a NOTIFY may be lost while reconnecting).
         self.poll_seconds = poll_seconds or (30.0 if store.exclusive else 1.0)
         self.worker_id = worker_id or new_worker_id()
+        self.metrics = metrics
         self._running: dict[str, tuple[asyncio.Task[None], JobContext]] = {}
         self._wake = asyncio.Event()
         self._accepting = True
@@ -107,12 +112,14 @@ class Runner:
         except StoreUnavailable as exc:
             log.warning("cannot recover the jobs a stopped process left yet (will retry): %s", exc)
             recovered = []
+        self._recovered(recovered)
         for job in recovered:
             log.warning(
                 "recovered job %s (%s) left running by a stopped process: now %s",
                 job.id,
                 job.operation,
                 job.state,
+                extra={"job_id": job.id},
             )
         if self.concurrency > 0:
             self._tasks = [asyncio.create_task(self._claim_loop()), asyncio.create_task(self._lease_loop())]
@@ -143,7 +150,7 @@ class Runner:
                 log.warning("cannot release %d job(s) at stop: %s", len(left), exc)
                 released = []
             for job in released:
-                log.warning("released job %s at stop: now %s", job.id, job.state)
+                log.warning("released job %s at stop: now %s", job.id, job.state, extra={"job_id": job.id})
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     # -- store events -------------------------------------------------------------------------
@@ -180,6 +187,10 @@ class Runner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
 
+    def _recovered(self, jobs: Sequence[Job]) -> None:
+        if self.metrics is not None:
+            self.metrics.jobs_recovered(jobs)
+
     def _launch(self, job: Job) -> None:
         operation = self.registry.get(job.operation)
         assert operation is not None  # claimed only among registered operations
@@ -188,6 +199,8 @@ class Runner:
         context = context_type(job, lambda m, p: self._report(job.id, m, p), loop)
         if job.cancel_requested:
             context._request_cancel()
+        if self.metrics is not None:
+            self.metrics.job_started(job)
         task = asyncio.create_task(self._run(operation, job, context), name=f"tarefa-job-{job.id}")
         self._running[job.id] = (task, context)
         task.add_done_callback(lambda _: self._finished(job.id))
@@ -199,6 +212,7 @@ class Runner:
     # -- running ------------------------------------------------------------------------------
 
     async def _run(self, operation: Operation, job: Job, context: JobContext) -> None:
+        job_id_var.set(job.id)  # this task's own context: every log line of the job carries its id
         outcome = await self._execute(operation, job, context)
         await self._finish(job, outcome)
 
@@ -209,7 +223,8 @@ class Runner:
                 value = await operation.function(*args)
             else:
                 loop = asyncio.get_running_loop()
-                value = await loop.run_in_executor(self._threads, lambda: operation.function(*args))
+                call = contextvars.copy_context().run
+                value = await loop.run_in_executor(self._threads, lambda: call(operation.function, *args))
             return Outcome(JobState.SUCCESS, result=_json_result(value))
         except JobCancelled:
             return Outcome(JobState.FAILURE, error_code="cancelled", error_message="Cancelled while running")
@@ -257,6 +272,8 @@ class Runner:
                     JobState.FAILURE, error_code="internal_error", error_message=_UNSTORABLE.format(job.id)
                 )
                 continue
+            if finished is not None and self.metrics is not None:
+                self.metrics.job_ended(finished)
             if finished is None and attempt:
                 log.info("job %s has already ended: an earlier attempt to store its outcome may have landed", job.id)
             elif finished is None:
@@ -294,8 +311,13 @@ class Runner:
             try:
                 if self.store.exclusive:
                     await self._renew()
-                for job in await self.store.recover_jobs(expired_only=True):
-                    log.warning("recovered job %s whose worker stopped renewing its lease: now %s", job.id, job.state)
+                recovered = await self.store.recover_jobs(expired_only=True)
+                self._recovered(recovered)
+                for job in recovered:
+                    log.warning(
+                        "recovered job %s whose worker stopped renewing its lease: now %s",
+                        job.id, job.state, extra={"job_id": job.id},
+                    )  # fmt: skip
             except StoreError as exc:
                 log.warning("cannot recover expired jobs: %s", exc)
 

@@ -31,6 +31,7 @@ from fastapi import FastAPI
 from .http.limits import DEFAULT_MAX_BODY, BodyLimitMiddleware
 from .http.mount import Tarefa
 from .http.protocol import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, ReadTimeouts, protocol_class
+from .logs import configure_logging
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 log = logging.getLogger("tarefa.serving")
@@ -165,11 +166,11 @@ async def _watch_descriptors(every: float = 1.0, quiet: float = 10.0) -> None:
 
 
 def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, access_log: bool = False,
-        log_level: str = "info", limits: ServerLimits | None = None) -> None:  # fmt: skip
+        log_level: str = "info", log_format: str = "text", limits: ServerLimits | None = None) -> None:  # fmt: skip
     """Serve ``app`` (with its mounted Tarefa) until SIGTERM/SIGINT, then stop gracefully.
 
     ``limits`` (default: :meth:`ServerLimits.from_env`) bound what one client may cost."""
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    configure_logging(log_format, log_level)
     limits = limits or ServerLimits.from_env()
     raise_descriptor_limit()
     config = uvicorn.Config(
@@ -181,6 +182,7 @@ def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, access_log: 
         lifespan="on",
         access_log=access_log,
         log_level=log_level,
+        log_config=None,  # configure_logging: one format for uvicorn's lines and ours
         timeout_graceful_shutdown=10,
         timeout_keep_alive=130,
     )

@@ -6,11 +6,15 @@ store query until its job changes or its time is up.
 
 No lost wake-up: a request registers its watch *before* it reads the job, so a change that
 commits between the read and the wait is already recorded on the watch.
+
+The hub also counts changes (a *generation*, per owner), so that a dashboard can wait for "any
+change I may see after token T" (:meth:`ChangeHub.wait_for_any`) with no store query per waiter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
@@ -48,27 +52,88 @@ class _Watch:
         return latest
 
 
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class ChangeHub:
     """Fans committed job changes out to waiting requests (register it as a store listener)."""
 
     def __init__(self) -> None:
         self._watches: dict[str, set[_Watch]] = {}
         self._closing = False
+        #: Called with the job whenever a long poll answers because of a change (metrics).
+        self.on_wakeup: Callable[[Job], None] | None = None
+        self._boot = secrets.token_hex(4)
+        self._generation = 0
+        self._owner_generation: dict[str, int] = {}
+        self._deleted_generation = 0
+        self._any: set[asyncio.Future[None]] = set()
 
     @property
     def waiting(self) -> int:
         """How many requests are waiting right now."""
-        return sum(len(watches) for watches in self._watches.values())
+        return sum(len(watches) for watches in self._watches.values()) + len(self._any)
 
     def publish(self, changes: Sequence[JobChange]) -> None:
         """Store listener: wake every request waiting on a changed job."""
+        if changes:
+            self._count(changes)
         for change in changes:
             for watch in self._watches.get(change.job_id, ()):
                 watch.offer(change.job)
 
+    def _count(self, changes: Sequence[JobChange]) -> None:
+        self._generation += 1
+        for change in changes:
+            if change.job is None:  # the owner of a deleted job is not known: everyone looks again
+                self._deleted_generation = self._generation
+            else:
+                self._owner_generation[change.job.owner] = self._generation
+        for future in self._any:
+            _settle(future)
+
+    # -- any change -------------------------------------------------------------------------------
+
+    def token(self, owner: str | None) -> str:
+        """An opaque token for "the changes ``owner`` (None: anyone) may see, up to now"."""
+        return f"{self._boot}.{self._latest(owner)}"
+
+    def _latest(self, owner: str | None) -> int:
+        if owner is None:
+            return self._generation
+        return max(self._owner_generation.get(owner, 0), self._deleted_generation)
+
+    def _generation_of(self, token: str | None) -> int:
+        boot, _, number = (token or "").partition(".")
+        return int(number) if boot == self._boot and number.isdigit() else -1
+
+    async def wait_for_any(self, owner: str | None, after: str | None, timeout: float) -> str:
+        """A new token once a change ``owner`` may see has come after the token ``after``, or
+        after ``timeout`` seconds; at once for no token, or one of another process or start."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        baseline = self._generation_of(after)
+        while self._latest(owner) <= baseline and not self._closing:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            future: asyncio.Future[None] = loop.create_future()
+            self._any.add(future)
+            timer = loop.call_later(remaining, _settle, future)
+            try:
+                await future
+            finally:
+                timer.cancel()
+                self._any.discard(future)
+        return self.token(owner)
+
     def close(self) -> None:
         """Graceful stop: every waiting request answers now with the job as it is."""
         self._closing = True
+        for future in self._any:
+            _settle(future)
         for watches in self._watches.values():
             for watch in watches:
                 watch._wake()
@@ -102,6 +167,8 @@ class ChangeHub:
                 return None
             if isinstance(latest, Job):
                 job = latest if latest.last_modified > job.last_modified else job
+                if self.on_wakeup is not None and job.last_modified > baseline:
+                    self.on_wakeup(job)
                 continue
             remaining = deadline - loop.time()
             if remaining <= 0:

@@ -639,3 +639,21 @@ async def test_data_survives_close_and_reopen(durable_store: Store, durable_stor
             await reopened.create_job(make_job(), resource_key="r")
     finally:
         await reopened.close()
+
+
+# -- the operator's figures -------------------------------------------------------------------------
+
+
+async def test_count_jobs_groups_by_state_and_operation(store: Store) -> None:
+    assert await store.count_jobs() == {}
+    await create(store, "a.one")
+    await create(store, "a.one")
+    await create(store, "b.two")
+    await finished_one(store)
+    counts = await store.count_jobs()
+    assert counts == {("queued", "a.one"): 2, ("queued", "b.two"): 1, ("success", "thing.make"): 1}
+
+
+async def test_check_ready_on_a_current_schema(store: Store) -> None:
+    await store.check_ready()  # raises if the store is unreachable or its schema is not current
+    assert (await store.count_jobs()) == {}

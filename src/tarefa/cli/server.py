@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 
+from ..logs import LOG_FORMATS, configure_logging, log_startup
 from .common import default
 
 if TYPE_CHECKING:
@@ -30,6 +31,9 @@ GraceOption = Annotated[
 LeaseOption = Annotated[
     Optional[float],  # noqa: UP045
     typer.Option("--lease", min=1.0, help=f"Lease of a running job, renewed every third of it {default(30)}"),
+]
+LogFormatOption = Annotated[
+    str, typer.Option("--log-format", help=f"Log lines as {' or '.join(LOG_FORMATS)} (one format for every line)")
 ]
 StoreOption = Annotated[
     Optional[str],  # noqa: UP045 - typer reads the annotation at run time
@@ -58,6 +62,7 @@ def serve(
     ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Serve the job API: the reference service, or your application with --app."""
     from ..serving import is_loopback, run
@@ -68,7 +73,14 @@ def serve(
     application, tarefa = _load_tarefa(app, step_delay)
     tarefa.configure(store=store, workers=workers, grace_seconds=grace, lease_seconds=lease)
     _check_store(tarefa)
-    run(application, host=host, port=port, access_log=access_log, log_level=log_level.lower())
+    _configure_logging(log_format, log_level)
+    log_startup(
+        store=tarefa.store_url,
+        workers=tarefa.workers,
+        base_url=f"http://{host}:{port}",
+        api=tarefa.jobs_href.removesuffix("/jobs"),
+    )
+    run(application, host=host, port=port, access_log=access_log, log_level=log_level.lower(), log_format=log_format)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -101,17 +113,21 @@ def worker(
     grace: GraceOption = None,
     lease: LeaseOption = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    log_format: LogFormatOption = "text",
+    metrics_port: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--metrics-port", min=1, max=65535, help="Serve GET /metrics on this loopback port"),
+    ] = None,
 ) -> None:
     """Run jobs without serving HTTP (several machines share one PostgreSQL store)."""
-    from ..serving import LOG_FORMAT
     from ..store import StoreError
 
     _, tarefa = _load_tarefa(app, step_delay)
     tarefa.configure(store=store, workers=concurrency, grace_seconds=grace, lease_seconds=lease)
     _check_store(tarefa)
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    _configure_logging(log_format, log_level)
     try:
-        asyncio.run(_work_until_signal(tarefa))
+        asyncio.run(_work_until_signal(tarefa, metrics_port))
     except StoreError as exc:
         _fail(str(exc))
 
@@ -155,14 +171,28 @@ def _check_store(tarefa: Tarefa) -> None:
         _fail(f"cannot use the store: {exc}")
 
 
-async def _work_until_signal(tarefa: Tarefa) -> None:
+def _configure_logging(log_format: str, log_level: str) -> None:
+    try:
+        configure_logging(log_format, log_level)
+    except ValueError as exc:
+        _fail(f"--log-format/--log-level: {exc}")
+
+
+async def _work_until_signal(tarefa: Tarefa, metrics_port: int | None = None) -> None:
+    from ..metrics import serve_metrics
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with tarefa.running():
-        logging.getLogger("tarefa").info("worker started: %d job(s) at once", tarefa.workers)
+        log_startup(store=tarefa.store_url, workers=tarefa.workers, base_url=None)
+        server = None if metrics_port is None else await serve_metrics(tarefa.metrics, "127.0.0.1", metrics_port)
+        if server is not None:
+            logging.getLogger("tarefa").info("metrics at http://127.0.0.1:%d/metrics", metrics_port)
         await stop.wait()
+        if server is not None:
+            server.close()
         logging.getLogger("tarefa").info("stopping: running jobs get %.0f s to finish", tarefa.grace_seconds)
 
 

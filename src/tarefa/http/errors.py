@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..logs import request_id_var
 from ..store import StoreUnavailable
 
 log = logging.getLogger("tarefa.http")
@@ -189,6 +190,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         rid = ensure_request_id(scope)
+        request_id_var.set(rid)  # not reset: the request's task ends with it (and its 500 line needs it)
         header = (REQUEST_ID_HEADER.encode(), rid.encode())
         started = False
 

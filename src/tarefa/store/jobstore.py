@@ -44,6 +44,7 @@ from .base import (
 )
 from .documents import Documents
 from .steps import (
+    CountJobs,
     DeleteJob,
     InsertDocuments,
     InsertJob,
@@ -58,6 +59,7 @@ from .steps import (
     LoadResourceHolder,
     Program,
     PurgeJobs,
+    ReadSchemaVersion,
     RenewLeases,
     SaveJobs,
     SetAnswerStatus,
@@ -172,6 +174,20 @@ class JobStore(ABC):
         """The job's history, oldest first: up to ``limit`` events with ``seq > after``; None if
         the job is unknown or not owned by ``owner``."""
         return await self._read(lambda: _history(job_id, owner, after, limit))
+
+    async def count_jobs(self) -> dict[tuple[str, str], int]:
+        """How many jobs the store holds per ``(state, operation)``, in one query."""
+        counts: dict[tuple[str, str], int] = await self._read(lambda: _one(CountJobs()))
+        return counts
+
+    async def check_ready(self) -> None:
+        """Return if the store answers and its schema is the one this tarefa knows; else raise
+        :class:`~tarefa.store.StoreError` (:class:`~tarefa.store.StoreUnavailable` if unreachable)."""
+        found, known = await self._read(lambda: _one(ReadSchemaVersion()))
+        if found != known:
+            raise StoreError(
+                f"the store's schema is at version {found}, this tarefa needs {known}: run 'tarefa db upgrade'"
+            )
 
     # -- running ----------------------------------------------------------------------------------
 

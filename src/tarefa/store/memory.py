@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +24,7 @@ from .columns import Codec, json_bytes
 from .documents import Documents
 from .jobstore import JobStore
 from .steps import (
+    CountJobs,
     DeleteJob,
     IdempotentEntry,
     InsertDocuments,
@@ -38,6 +40,7 @@ from .steps import (
     LoadResourceHolder,
     Program,
     PurgeJobs,
+    ReadSchemaVersion,
     RenewLeases,
     SaveJobs,
     SetAnswerStatus,
@@ -161,6 +164,10 @@ class MemoryStore(JobStore, Documents):
                 row = self._rows.get(job_id)
                 events = row.events if row is not None else []
                 return [event for event in events if event.seq > after][:limit]
+            case CountJobs():
+                return dict(Counter((job.state.value, job.operation) for job in self._jobs()))
+            case ReadSchemaVersion():
+                return (1, 1)
         raise AssertionError(f"unknown step {step!r}")
 
     def _insert_documents(self, documents: tuple[tuple[str, str, dict[str, Any]], ...]) -> bool:

@@ -59,6 +59,7 @@ from .jobstore import JobStore
 from .postgres_batch import Cursor, GroupCommit, replace_broken_connections, store_error
 from .postgres_listen import ChangeFeed, Connection, encode_changes
 from .steps import (
+    CountJobs,
     DeleteJob,
     IdempotentEntry,
     InsertDocuments,
@@ -74,6 +75,7 @@ from .steps import (
     LoadResourceHolder,
     Program,
     PurgeJobs,
+    ReadSchemaVersion,
     RenewLeases,
     SaveJobs,
     SetAnswerStatus,
@@ -356,6 +358,12 @@ class PgSteps:
             case ListEvents(job_id, after, limit):
                 rows = await self._rows(q.SELECT_EVENTS, {"id": job_id, "after": after, "limit": limit})
                 return [_row_to_event(row) for row in rows]
+            case CountJobs():
+                rows = await self._rows(q.COUNT_JOBS, {})
+                return {(row["state"], row["operation"]): row["n"] for row in rows}
+            case ReadSchemaVersion():
+                row = await self._row(q.SELECT_VERSION, {})
+                return (0 if row is None else int(row["version"])), len(q.MIGRATIONS)
         raise AssertionError(f"unknown step {step!r}")
 
     async def _rows(self, statement: str | sql.Composed, params: dict[str, Any]) -> list[DictRow]:

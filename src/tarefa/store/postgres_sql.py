@@ -104,6 +104,8 @@ VERSION_TABLE_EXISTS = "SELECT to_regclass('tarefa_schema_version') IS NOT NULL 
 
 CREATE_VERSION_TABLE = "CREATE TABLE tarefa_schema_version (version integer NOT NULL)"
 
+COUNT_JOBS = "SELECT state, operation, count(*) AS n FROM tarefa_jobs GROUP BY state, operation"
+
 SELECT_VERSION = "SELECT coalesce(max(version), 0) AS version FROM tarefa_schema_version"
 
 CLEAR_VERSION = "DELETE FROM tarefa_schema_version"

@@ -29,6 +29,7 @@ from .documents import Documents
 from .jobstore import JobStore
 from .sqlite_connection import ConnectionThread, Work
 from .steps import (
+    CountJobs,
     DeleteJob,
     IdempotentEntry,
     InsertDocuments,
@@ -44,6 +45,7 @@ from .steps import (
     LoadResourceHolder,
     Program,
     PurgeJobs,
+    ReadSchemaVersion,
     RenewLeases,
     SaveJobs,
     SetAnswerStatus,
@@ -156,6 +158,10 @@ class Steps:
                 return self._jobs(*list_statement(query))
             case ListEvents(job_id, after, limit):
                 return [_event_row(row) for row in self.conn.execute(sql.SELECT_EVENTS, (job_id, after, limit))]
+            case CountJobs():
+                return {(state, operation): n for state, operation, n in self.conn.execute(sql.COUNT_JOBS)}
+            case ReadSchemaVersion():
+                return int(self.conn.execute("PRAGMA user_version").fetchone()[0]), len(sql.MIGRATIONS)
         raise AssertionError(f"unknown step {step!r}")
 
     def _one(self, statement: str, params: Sequence[Any]) -> Job | None:

@@ -102,6 +102,8 @@ INSERT_EVENT = """
 
 SELECT_EVENTS = f"SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 
+COUNT_JOBS = "SELECT state, operation, count(*) FROM jobs GROUP BY state, operation"
+
 UPDATE_ANSWER_STATUS = "UPDATE jobs SET answer_status = ? WHERE id = ?"
 
 SELECT_QUEUED = f"""

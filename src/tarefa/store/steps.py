@@ -164,10 +164,21 @@ class ListEvents:
     limit: int
 
 
+@dataclass(frozen=True, slots=True)
+class CountJobs:
+    """→ ``dict[tuple[str, str], int]``: how many jobs the store holds per ``(state, operation)``
+    (one grouped query)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSchemaVersion:
+    """→ ``tuple[int, int]``: the schema version of the database, and the one this tarefa knows."""
+
+
 Step = (
     LoadJob | LoadQueued | LoadHeld | LoadLost | LoadIdempotent | LoadResourceHolder | LoadDocument
     | InsertDocuments | InsertJob | SaveJobs | DeleteJob | PurgeJobs | RenewLeases | SetAnswerStatus | ListJobs
-    | ListEvents
+    | ListEvents | CountJobs | ReadSchemaVersion
 )  # fmt: skip
 
 #: A rule: yields steps, is sent their results, returns its value.

@@ -21,16 +21,21 @@ Declare operations, mount the job routes, and make endpoints asynchronous::
 """
 
 from .http import ApiError, AsyncCall, JobStarter, asynchronous
+from .http.access import SIGNED_IN, Identity, Viewing, viewer_of
 from .http.docs import serve_api_docs
 from .http.mount import Tarefa
+from .jobs import Viewer
 from .model import Job, JobError, JobState
 from .operations import JobCancelled, JobContext, OperationError, ThreadJobContext
+from .users import User
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SIGNED_IN",
     "ApiError",
     "AsyncCall",
+    "Identity",
     "Job",
     "JobCancelled",
     "JobContext",
@@ -40,7 +45,11 @@ __all__ = [
     "OperationError",
     "Tarefa",
     "ThreadJobContext",
+    "User",
+    "Viewer",
+    "Viewing",
     "__version__",
     "asynchronous",
     "serve_api_docs",
+    "viewer_of",
 ]

@@ -74,7 +74,7 @@ def is_loopback(host: str) -> bool:
 
 
 def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, access_log: bool = False,
-        log_level: str = "info") -> None:  # fmt: skip
+        log_level: str = "info", ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:  # fmt: skip
     """Serve ``app`` (with its mounted Tarefa) until SIGTERM/SIGINT, then stop gracefully."""
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     config = uvicorn.Config(
@@ -88,5 +88,7 @@ def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, access_log: 
         log_level=log_level,
         timeout_graceful_shutdown=10,
         timeout_keep_alive=130,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )
     GracefulServer(config, tarefa_of(app)).run()

@@ -20,10 +20,11 @@ def _root() -> None:
 
 
 def _register_all() -> None:
-    from . import client, server
+    from . import client, server, users
 
     server.register(app)
     client.register(app)
+    users.register(app)
 
 
 def main() -> None:

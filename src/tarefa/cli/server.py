@@ -11,8 +11,19 @@ import typer
 from fastapi import FastAPI
 
 from ..http.mount import Tarefa
-from ..serving import LOG_FORMAT, is_loopback, load_app, run, tarefa_of
+from ..serving import LOG_FORMAT, load_app, run, tarefa_of
 from ..store import StoreError, open_store
+from .access import (
+    MaxQueuedOption,
+    MaxWaitingOption,
+    TlsCertOption,
+    TlsKeyOption,
+    UsersOption,
+    check_exposure,
+    identity_of,
+    load_users,
+    tls_files,
+)
 
 # Options that tune the job layer are None unless given: an --app keeps its own settings then.
 GraceOption = Annotated[
@@ -32,7 +43,7 @@ StoreOption = Annotated[
 
 
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on (loopback only for now)")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Address to listen on (beyond loopback: needs --users)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
     store: StoreOption = None,
     workers: Annotated[
@@ -50,14 +61,24 @@ def serve(
     ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    users: UsersOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    max_waiting_per_user: MaxWaitingOption = None,
+    max_queued_jobs: MaxQueuedOption = None,
 ) -> None:
     """Serve the job API: the reference service, or your application with --app."""
-    if not is_loopback(host):
-        _fail(f"refusing to listen on {host}: authentication is not available yet, so tarefa serves loopback only")
+    tls = tls_files(tls_cert, tls_key)
+    checker = load_users(users)
+    check_exposure(host, checker, tls)
     application, tarefa = _load_tarefa(app, step_delay)
     tarefa.configure(store=store, workers=workers, grace_seconds=grace, lease_seconds=lease)
+    tarefa.configure_access(
+        identity=identity_of(checker), max_waiting_per_user=max_waiting_per_user, max_queued_jobs=max_queued_jobs
+    )
     _check_store(tarefa)
-    run(application, host=host, port=port, access_log=access_log, log_level=log_level.lower())
+    run(application, host=host, port=port, access_log=access_log, log_level=log_level.lower(),
+        ssl_certfile=tls.certfile, ssl_keyfile=tls.keyfile)  # fmt: skip
 
 
 def worker(
@@ -76,8 +97,10 @@ def worker(
     grace: GraceOption = None,
     lease: LeaseOption = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+    users: UsersOption = None,
 ) -> None:
     """Run jobs without serving HTTP (several machines share one PostgreSQL store)."""
+    load_users(users)  # checked now: the worker's HTTP surface (metrics) signs in with it
     _, tarefa = _load_tarefa(app, step_delay)
     tarefa.configure(store=store, workers=concurrency, grace_seconds=grace, lease_seconds=lease)
     _check_store(tarefa)

@@ -28,6 +28,20 @@ def _replace_validation_responses(schema: dict[str, Any]) -> None:
         components.pop("ValidationError", None)
 
 
+UNAUTHORIZED = {
+    "description": "Not signed in: the credentials are missing or wrong",
+    "headers": {"WWW-Authenticate": {"description": 'Basic realm="tarefa"', "schema": {"type": "string"}}},
+    "content": {"application/json": {"schema": ERROR_REF}},
+}
+
+
+def _document_sign_in(schema: dict[str, Any]) -> None:
+    """With an identity configured, every operation may answer 401."""
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            operation.get("responses", {}).setdefault("401", UNAUTHORIZED)
+
+
 def document_error_bodies(app: FastAPI) -> None:
     """Make ``app.openapi()`` describe validation errors as tarefa answers them."""
     generate = app.openapi
@@ -36,6 +50,8 @@ def document_error_bodies(app: FastAPI) -> None:
         if app.openapi_schema is None:
             schema = generate()
             _replace_validation_responses(schema)
+            if getattr(getattr(app.state, "tarefa", None), "identity", None) is not None:
+                _document_sign_in(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Path, Response
 from pydantic import BaseModel, Field
 
-from tarefa import ApiError, AsyncCall, JobContext, OperationError, Tarefa, asynchronous, serve_api_docs
+from tarefa import SIGNED_IN, ApiError, AsyncCall, JobContext, OperationError, Tarefa, asynchronous, serve_api_docs
 
 UNREACHABLE = ipaddress.ip_network("192.0.2.0/24")
 FAILS_DEPLOY = ipaddress.ip_network("198.51.100.0/24")
@@ -146,11 +146,11 @@ def _host_routes(app: FastAPI, jobs: Tarefa) -> None:
             "host.register", host, resource=f"/api/hosts/{host.name}", resource_key=f"host:{host.name}"
         )
 
-    @app.get("/api/hosts", tags=["hosts"], summary="List hosts")
+    @app.get("/api/hosts", tags=["hosts"], summary="List hosts", dependencies=SIGNED_IN)
     async def list_hosts() -> dict[str, Any]:
         return _collection(await jobs.documents(HOST).list())
 
-    @app.get("/api/hosts/{name}", tags=["hosts"], summary="Read a host")
+    @app.get("/api/hosts/{name}", tags=["hosts"], summary="Read a host", dependencies=SIGNED_IN)
     async def get_host(name: str) -> dict[str, Any]:
         host = await jobs.documents(HOST).get(name)
         if host is None:
@@ -159,7 +159,9 @@ def _host_routes(app: FastAPI, jobs: Tarefa) -> None:
 
 
 def _cluster_routes(app: FastAPI, jobs: Tarefa) -> None:
-    @app.post("/api/clusters", status_code=201, tags=["clusters"], summary="Configure a cluster")
+    @app.post(
+        "/api/clusters", status_code=201, dependencies=SIGNED_IN, tags=["clusters"], summary="Configure a cluster"
+    )
     async def create_cluster(body: ClusterIn, response: Response) -> dict[str, Any]:
         await _check_hosts(jobs, body)
         clusters = await jobs.documents(CLUSTER).list()
@@ -181,11 +183,11 @@ def _cluster_routes(app: FastAPI, jobs: Tarefa) -> None:
         response.headers["Location"] = f"/api/clusters/{cluster_id}"
         return {"record": cluster}
 
-    @app.get("/api/clusters", tags=["clusters"], summary="List clusters")
+    @app.get("/api/clusters", tags=["clusters"], summary="List clusters", dependencies=SIGNED_IN)
     async def list_clusters() -> dict[str, Any]:
         return _collection(await jobs.documents(CLUSTER).list())
 
-    @app.get("/api/clusters/{cluster_id}", tags=["clusters"], summary="Read a cluster")
+    @app.get("/api/clusters/{cluster_id}", tags=["clusters"], summary="Read a cluster", dependencies=SIGNED_IN)
     async def get_cluster(cluster_id: ClusterId) -> dict[str, Any]:
         return {"record": await _cluster(jobs, cluster_id)}
 

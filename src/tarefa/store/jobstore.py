@@ -43,6 +43,7 @@ from .base import (
 )
 from .documents import Documents
 from .steps import (
+    CountQueued,
     DeleteJob,
     InsertJob,
     ListEvents,
@@ -157,6 +158,11 @@ class JobStore(ABC):
         """The job's history, oldest first: up to ``limit`` events with ``seq > after``; None if
         the job is unknown or not owned by ``owner``."""
         return await self._read(lambda: _history(job_id, owner, after, limit))
+
+    async def count_queued(self) -> int:
+        """How many jobs are queued (in every process's view: the store's count)."""
+        count: int = await self._read(lambda: _one(CountQueued()))
+        return count
 
     # -- running ----------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from .columns import Codec, json_bytes
 from .documents import Documents
 from .jobstore import JobStore
 from .steps import (
+    CountQueued,
     DeleteJob,
     IdempotentEntry,
     InsertJob,
@@ -153,6 +154,8 @@ class MemoryStore(JobStore, Documents):
                 row = self._rows.get(job_id)
                 events = row.events if row is not None else []
                 return [event for event in events if event.seq > after][:limit]
+            case CountQueued():
+                return sum(1 for job in self._jobs() if job.state is JobState.QUEUED)
         raise AssertionError(f"unknown step {step!r}")
 
     def _job(self, job_id: str) -> Job | None:

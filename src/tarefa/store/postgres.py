@@ -59,6 +59,7 @@ from .jobstore import JobStore
 from .postgres_batch import Cursor, GroupCommit, replace_broken_connections, store_error
 from .postgres_listen import ChangeFeed, Connection, encode_changes
 from .steps import (
+    CountQueued,
     DeleteJob,
     IdempotentEntry,
     InsertJob,
@@ -348,6 +349,9 @@ class PgSteps:
             case ListEvents(job_id, after, limit):
                 rows = await self._rows(q.SELECT_EVENTS, {"id": job_id, "after": after, "limit": limit})
                 return [_row_to_event(row) for row in rows]
+            case CountQueued():
+                row = await self._row(q.COUNT_QUEUED, {})
+                return 0 if row is None else row["count"]
         raise AssertionError(f"unknown step {step!r}")
 
     async def _rows(self, statement: str | sql.Composed, params: dict[str, Any]) -> list[DictRow]:

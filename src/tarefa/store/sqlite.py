@@ -29,6 +29,7 @@ from .documents import Documents
 from .jobstore import JobStore
 from .sqlite_connection import ConnectionThread, Work
 from .steps import (
+    CountQueued,
     DeleteJob,
     IdempotentEntry,
     InsertJob,
@@ -140,6 +141,8 @@ class Steps:
                 return self._jobs(*list_statement(query))
             case ListEvents(job_id, after, limit):
                 return [_event_row(row) for row in self.conn.execute(sql.SELECT_EVENTS, (job_id, after, limit))]
+            case CountQueued():
+                return self.conn.execute(sql.COUNT_QUEUED).fetchone()[0]
         raise AssertionError(f"unknown step {step!r}")
 
     def _one(self, statement: str, params: Sequence[Any]) -> Job | None:

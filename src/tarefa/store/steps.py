@@ -148,9 +148,14 @@ class ListEvents:
     limit: int
 
 
+@dataclass(frozen=True, slots=True)
+class CountQueued:
+    """→ ``int``: how many jobs are queued in the store (an indexed count)."""
+
+
 Step = (
     LoadJob | LoadQueued | LoadHeld | LoadLost | LoadIdempotent | LoadResourceHolder | InsertJob | SaveJobs
-    | DeleteJob | PurgeJobs | RenewLeases | SetAnswerStatus | ListJobs | ListEvents
+    | DeleteJob | PurgeJobs | RenewLeases | SetAnswerStatus | ListJobs | ListEvents | CountQueued
 )  # fmt: skip
 
 #: A rule: yields steps, is sent their results, returns its value.

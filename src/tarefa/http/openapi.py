@@ -35,11 +35,31 @@ UNAUTHORIZED = {
 }
 
 
+NOT_FOUND = {
+    "description": "No such resource (or not yours)",
+    "content": {"application/json": {"schema": ERROR_REF}},
+}
+
+
+def _document_common_errors(schema: dict[str, Any]) -> None:
+    """Every operation that takes input may answer 400; every one on an item, 404."""
+    for route, path in schema.get("paths", {}).items():
+        for operation in path.values():
+            responses = operation.setdefault("responses", {})
+            if operation.get("parameters") or operation.get("requestBody"):
+                responses.setdefault("400", BAD_REQUEST)
+            if "{" in route:
+                responses.setdefault("404", NOT_FOUND)
+
+
 def _document_sign_in(schema: dict[str, Any]) -> None:
-    """With an identity configured, every operation may answer 401."""
+    """With an identity configured, every operation needs it and may answer 401."""
     for path in schema.get("paths", {}).values():
         for operation in path.values():
             operation.get("responses", {}).setdefault("401", UNAUTHORIZED)
+    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes.setdefault("basic", {"type": "http", "scheme": "basic"})
+    schema.setdefault("security", [{"basic": []}])
 
 
 def document_error_bodies(app: FastAPI) -> None:
@@ -50,6 +70,7 @@ def document_error_bodies(app: FastAPI) -> None:
         if app.openapi_schema is None:
             schema = generate()
             _replace_validation_responses(schema)
+            _document_common_errors(schema)
             if getattr(getattr(app.state, "tarefa", None), "identity", None) is not None:
                 _document_sign_in(schema)
             app.openapi_schema = schema

@@ -159,10 +159,11 @@ class PasswordChecker:
 
     def cached(self, name: str, password: str) -> User | None:
         """The user, if this name and password passed a check recently (cheap: no hash)."""
+        digest = self._digest(name, password)
         with self._lock:
-            user = self._cache.get(self._digest(name, password))
+            user = self._cache.get(digest)
             if user is not None:
-                self._cache.move_to_end(self._digest(name, password))
+                self._cache.move_to_end(digest)
             return user
 
     def check(self, name: str, password: str) -> User | None:

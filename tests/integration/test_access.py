@@ -132,7 +132,8 @@ async def test_lists_show_the_viewers_jobs_and_an_administrator_sees_all_with_ow
     assert {record["id"] for record in listed["owner"]} == alices
     assert {record["id"] for record in listed["other"]} == {bobs}
     assert {(record["id"], record["owner"]) for record in listed["admin"]} == {
-        *((job_id, "alice") for job_id in alices), (bobs, "bob")
+        *((job_id, "alice") for job_id in alices),
+        (bobs, "bob"),
     }
     assert all("owner" not in record for record in listed["owner"] + listed["other"])
     assert (await api.call("anonymous", "GET", "/api/jobs")).status_code == 401
@@ -221,3 +222,30 @@ async def test_a_successful_check_is_cached_and_a_failed_one_is_not() -> None:
     assert users.cached("alice", PASSWORDS["alice"]) == User("alice")
     assert users.check("alice", "wrong") is None and users.cached("alice", "wrong") is None
     assert users.check("nobody", "x") is None
+
+
+async def test_the_documented_api_key_identity(anyio_backend: str) -> None:
+    """docs/examples/api_key_identity.py, as docs/access.md shows it."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "docs" / "examples" / "api_key_identity.py"
+    spec = importlib.util.spec_from_file_location("api_key_identity", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    alice, ops = {"X-API-Key": "key-of-alice-0123456789"}, {"X-API-Key": "key-of-ops-9876543210"}
+    async with example.jobs.running():
+        transport = httpx.ASGITransport(app=example.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            started = await client.post(
+                "/api/reports", json={"title": "Q4"}, headers=alice, params={"return_timeout": 5}
+            )
+            assert started.status_code == 200 and started.json()["job"]["result"] == {"title": "Q4"}
+            job_id = started.json()["job"]["id"]
+            assert (await client.post("/api/reports", json={"title": "x"})).status_code == 401
+            wrong = await client.get(f"/api/jobs/{job_id}", headers={"X-API-Key": "key-of-alice-0123456788"})
+            assert wrong.status_code == 401
+            seen = (await client.get(f"/api/jobs/{job_id}", headers=ops)).json()["record"]
+            assert seen["owner"] == "alice"
+            assert "owner" not in (await client.get(f"/api/jobs/{job_id}", headers=alice)).json()["record"]

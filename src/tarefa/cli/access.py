@@ -65,7 +65,7 @@ def exposure_problem(host: str, users: bool, tls: bool) -> tuple[str, str] | Non
     if not users:
         return "refuse", (
             f"refusing to listen on {host} without users: anyone could reach every job. "
-            "Give --users FILE (tarefa user add FILE NAME), or listen on 127.0.0.1"
+            "Give --users FILE (tarefa user add FILE NAME), or listen on loopback (127.0.0.1)"
         )
     if not tls:
         return "warn", (

@@ -13,6 +13,7 @@ slow hash on every request; a failed check is never remembered and always costs 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -29,8 +30,6 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 _HASHER = PasswordHasher()
-#: Users whose name is not in the file are checked against this, so that they cost the same time.
-_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 _NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._@-")
 
 
@@ -52,6 +51,13 @@ class UserEntry:
 
     user: User
     password_hash: str
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Users whose name is not in the file are checked against this, so that they cost the same
+    time (made on first use: a hash costs ~0.1 s, too much for every start of the CLI)."""
+    return _HASHER.hash(secrets.token_urlsafe(16))
 
 
 def check_name(name: str) -> str:
@@ -172,7 +178,7 @@ class PasswordChecker:
             return user
         entry = self._users.get(name)
         try:
-            _HASHER.verify(entry.password_hash if entry else _DUMMY_HASH, password)
+            _HASHER.verify(entry.password_hash if entry else _dummy_hash(), password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return None
         if entry is None:

@@ -105,6 +105,8 @@ def test_the_waiting_limit_counts_per_user_and_releases() -> None:
         assert refused.value.status == 429 and refused.value.headers == {"Retry-After": "3"}
         assert limit.open_for("a") == 2
     assert limit.open_for("a") == limit.open_for("b") == 0
+    with limit.hold(None), limit.hold(None), limit.hold(None):  # no users: no one to count for
+        assert limit.open_for("") == 0
 
 
 def test_the_queue_limit_counts_at_most_once_a_second() -> None:

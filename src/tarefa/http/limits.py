@@ -19,7 +19,8 @@ QUEUED_COUNT_TTL = 1.0
 
 
 class WaitingLimit:
-    """At most ``limit`` long polls (and streams) open at once per user, in this process."""
+    """At most ``limit`` long polls (and streams) open at once per user, in this process.
+    Without users configured there is no user to count for (``hold(None)``): no limit."""
 
     def __init__(self, limit: int = DEFAULT_MAX_WAITING_PER_USER, retry_after: int = 1) -> None:
         self.limit = limit
@@ -30,8 +31,11 @@ class WaitingLimit:
         return self._open.get(user, 0)
 
     @contextlib.contextmanager
-    def hold(self, user: str) -> Iterator[None]:
+    def hold(self, user: str | None) -> Iterator[None]:
         """One open wait of ``user`` for the duration of the block, or :class:`ApiError` 429."""
+        if user is None:
+            yield
+            return
         count = self._open.get(user, 0)
         if count >= self.limit:
             raise ApiError(

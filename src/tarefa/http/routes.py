@@ -15,7 +15,7 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
-from ..jobs import JobNotFound
+from ..jobs import ANYONE, JobNotFound
 from ..model import JobState, from_microseconds, parse_timestamp, to_microseconds
 from ..store import JobAlreadyTerminal, JobNotTerminal, JobQuery
 from .access import viewer_of
@@ -172,7 +172,7 @@ def job_routes(engine: Tarefa) -> APIRouter:
                 job = await jobs.get(viewer, job_id)
             else:
                 baseline = parse_baseline(last_modified)
-                with engine.waiting_limit.hold(viewer.name):
+                with engine.waiting_limit.hold(None if viewer is ANYONE else viewer.name):
                     job = await jobs.wait_for_change(viewer, job_id, baseline=baseline, timeout=poll_timeout)
         retry_after = engine.retry_after if poll_timeout is None else None
         return json_response(

@@ -30,11 +30,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .http import ApiError, AsyncCall, JobStarter, asynchronous
+    from .http.access import SIGNED_IN, Identity, Viewing, viewer_of
     from .http.docs import serve_api_docs
     from .http.mount import Tarefa
+    from .jobs import Viewer
     from .model import Job, JobError, JobState
     from .operations import JobCancelled, JobContext, OperationError, ThreadJobContext
     from .store import Precondition
+    from .users import User
 
 __version__ = "0.1.0"
 
@@ -53,11 +56,19 @@ _SOURCES = {
     "OperationError": ".operations",
     "ThreadJobContext": ".operations",
     "Precondition": ".store",
+    "SIGNED_IN": ".http.access",
+    "Identity": ".http.access",
+    "Viewing": ".http.access",
+    "viewer_of": ".http.access",
+    "Viewer": ".jobs",
+    "User": ".users",
 }
 
 __all__ = [
+    "SIGNED_IN",
     "ApiError",
     "AsyncCall",
+    "Identity",
     "Job",
     "JobCancelled",
     "JobContext",
@@ -68,9 +79,13 @@ __all__ = [
     "Precondition",
     "Tarefa",
     "ThreadJobContext",
+    "User",
+    "Viewer",
+    "Viewing",
     "__version__",
     "asynchronous",
     "serve_api_docs",
+    "viewer_of",
 ]
 
 

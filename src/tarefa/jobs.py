@@ -36,6 +36,11 @@ class Viewer:
         return self.admin or job.owner == self.name
 
     @property
+    def shows_owners(self) -> bool:
+        """True for an administrator signed in (not :data:`ANYONE`): the wire shows job owners."""
+        return self.admin and bool(self.name)
+
+    @property
     def owner_filter(self) -> str | None:
         """The owner whose jobs this viewer sees (None: everyone's)."""
         return None if self.admin else self.name

@@ -51,7 +51,8 @@ def _spec(kind: str, *, wire: str | None = "always", doc: str = "", mutable: boo
 
     ``kind`` says how it is stored and written (text, int, bool, state, time, json, error, href);
     ``wire`` when it is sent to clients: ``always``, ``if_set`` (left out when None),
-    ``on_success`` (only on a successful job) or None (internal, never sent); ``mutable`` False
+    ``on_success`` (only on a successful job), ``admin`` (only to administrators, when users are
+    configured) or None (internal, never sent); ``mutable`` False
     for the fields fixed when the job is created.
     """
     return {"kind": kind, "wire": wire, "doc": doc, "mutable": mutable}
@@ -78,8 +79,11 @@ class Job:
         default=None,
         metadata=_spec("href", wire="if_set", doc="the resource the job creates or changes", mutable=False),
     )
+    owner: str = field(
+        default="",
+        metadata=_spec("text", wire="admin", doc="the user who started it (shown to administrators)", mutable=False),
+    )
     # internal
-    owner: str = field(default="", metadata=_spec("text", wire=None, mutable=False))
     input: Any = field(default=None, metadata=_spec("json", wire=None, mutable=False))
     cancel_requested: bool = field(default=False, metadata=_spec("bool", wire=None))
     attempts: int = field(default=0, metadata=_spec("int", wire=None))

@@ -166,10 +166,12 @@ async def _watch_descriptors(every: float = 1.0, quiet: float = 10.0) -> None:
 
 
 def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, access_log: bool = False,
-        log_level: str = "info", log_format: str = "text", limits: ServerLimits | None = None) -> None:  # fmt: skip
+        log_level: str = "info", log_format: str = "text", limits: ServerLimits | None = None,
+        ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:  # fmt: skip
     """Serve ``app`` (with its mounted Tarefa) until SIGTERM/SIGINT, then stop gracefully.
 
-    ``limits`` (default: :meth:`ServerLimits.from_env`) bound what one client may cost."""
+    ``limits`` (default: :meth:`ServerLimits.from_env`) bound what one client may cost; with
+    ``ssl_certfile`` and ``ssl_keyfile``, it serves HTTPS."""
     configure_logging(log_format, log_level)
     limits = limits or ServerLimits.from_env()
     raise_descriptor_limit()
@@ -185,5 +187,7 @@ def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, access_log: 
         log_config=None,  # configure_logging: one format for uvicorn's lines and ours
         timeout_graceful_shutdown=10,
         timeout_keep_alive=130,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )
     GracefulServer(config, tarefa_of(app)).run()

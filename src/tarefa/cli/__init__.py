@@ -30,10 +30,11 @@ app.callback()(with_common_options(_root))
 
 
 def _register_all() -> None:
-    from . import client, server
+    from . import client, server, users
 
     server.register(app)
     client.register(app)
+    users.register(app)
 
 
 def main() -> None:

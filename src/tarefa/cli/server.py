@@ -20,6 +20,17 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from ..http.mount import Tarefa
+from .access import (
+    MaxQueuedOption,
+    MaxWaitingOption,
+    TlsCertOption,
+    TlsKeyOption,
+    UsersOption,
+    check_exposure,
+    identity_of,
+    load_users,
+    tls_files,
+)
 
 # Options that tune the job layer are None unless given: an --app keeps its own settings then.
 GraceOption = Annotated[
@@ -44,7 +55,7 @@ StoreOption = Annotated[
 
 
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on (loopback only for now)")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Address to listen on (beyond loopback: needs --users)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8080,
     store: StoreOption = None,
     workers: Annotated[
@@ -63,24 +74,58 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="Log every request")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
     log_format: LogFormatOption = "text",
+    users: UsersOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    max_waiting_per_user: MaxWaitingOption = None,
+    max_queued_jobs: MaxQueuedOption = None,
+    max_body: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--max-body", min=0, envvar="TAREFA_MAX_BODY", help=f"Largest request body, in bytes {default(1048576)}"
+        ),
+    ] = None,
+    header_timeout: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            min=0.001, envvar="TAREFA_HEADER_TIMEOUT", help=f"Seconds to receive a request's headers {default(10)}"
+        ),
+    ] = None,
+    body_timeout: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            min=0.001, envvar="TAREFA_BODY_TIMEOUT", help=f"Seconds between two parts of a body {default(30)}"
+        ),
+    ] = None,
 ) -> None:
     """Serve the job API: the reference service, or your application with --app."""
-    from ..serving import is_loopback, run
+    from ..serving import ServerLimits, run
 
-    if not is_loopback(host):
-        _fail(f"refusing to listen on {host}: authentication is not available yet, so tarefa serves loopback only")
+    tls = tls_files(tls_cert, tls_key)
+    checker = load_users(users)
+    check_exposure(host, checker, tls)
     _check_port(host, port)
     application, tarefa = _load_tarefa(app, step_delay)
     tarefa.configure(store=store, workers=workers, grace_seconds=grace, lease_seconds=lease)
+    tarefa.configure_access(
+        identity=identity_of(checker), max_waiting_per_user=max_waiting_per_user, max_queued_jobs=max_queued_jobs
+    )
     _check_store(tarefa)
     _configure_logging(log_format, log_level)
     log_startup(
         store=tarefa.store_url,
         workers=tarefa.workers,
-        base_url=f"http://{host}:{port}",
+        base_url=f"{'https' if tls.certfile else 'http'}://{host}:{port}",
         api=tarefa.jobs_href.removesuffix("/jobs"),
     )
-    run(application, host=host, port=port, access_log=access_log, log_level=log_level.lower(), log_format=log_format)
+    limits = ServerLimits.from_env()
+    limits = ServerLimits(
+        max_body=limits.max_body if max_body is None else max_body,
+        header_timeout=limits.header_timeout if header_timeout is None else header_timeout,
+        body_timeout=limits.body_timeout if body_timeout is None else body_timeout,
+    )
+    run(application, host=host, port=port, access_log=access_log, log_level=log_level.lower(),
+        log_format=log_format, limits=limits, ssl_certfile=tls.certfile, ssl_keyfile=tls.keyfile)  # fmt: skip
 
 
 def _check_port(host: str, port: int) -> None:
@@ -118,10 +163,12 @@ def worker(
         Optional[int],  # noqa: UP045
         typer.Option("--metrics-port", min=1, max=65535, help="Serve GET /metrics on this loopback port"),
     ] = None,
+    users: UsersOption = None,
 ) -> None:
     """Run jobs without serving HTTP (several machines share one PostgreSQL store)."""
     from ..store import StoreError
 
+    load_users(users)  # checked now: the worker's HTTP surface (metrics) signs in with it
     _, tarefa = _load_tarefa(app, step_delay)
     tarefa.configure(store=store, workers=concurrency, grace_seconds=grace, lease_seconds=lease)
     _check_store(tarefa)

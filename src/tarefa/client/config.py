@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypedDict
 
 import httpx
@@ -23,7 +25,8 @@ class ClientOptions(TypedDict, total=False):
 
     - ``jobs_path``: where the jobs collection lives, resolved against the URL (``/api/jobs``);
       a job's ``_links.self.href`` or a ``Location`` header wins when the server gives one.
-    - ``auth``: ``(user, password)`` for HTTP Basic authentication, or any :class:`httpx.Auth`.
+    - ``auth``: ``(user, password)`` for HTTP Basic authentication, or any :class:`httpx.Auth`;
+      without one, the credentials ``$NETRC`` or ``~/.netrc`` gives for the server's host.
     - ``verify``: ``True`` (system CAs), ``False`` (no TLS verification), the path of a CA
       bundle (PEM), or an :class:`ssl.SSLContext`.
     - ``headers``: extra headers sent with every request.
@@ -97,7 +100,15 @@ def http_options(options: ClientOptions) -> dict[str, Any]:
 def _auth(auth: tuple[str, str] | httpx.Auth | None) -> httpx.Auth | None:
     if isinstance(auth, tuple):
         return httpx.BasicAuth(*auth)
+    if auth is None and (netrc := _netrc_file()) is not None:
+        return httpx.NetRCAuth(str(netrc))
     return auth
+
+
+def _netrc_file() -> Path | None:
+    """``$NETRC`` or ``~/.netrc``, if it exists: credentials for hosts it names (curl's rule)."""
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+    return path if path.is_file() else None
 
 
 def _verify(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:

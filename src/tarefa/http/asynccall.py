@@ -24,7 +24,7 @@ from ..jobs import Viewer
 from ..model import Job
 from ..store import Idempotency, IdempotencyMismatch, Precondition, ResourceBusy, StoreError
 from ..values import UnstorableValue
-from .access import viewer_of
+from .access import SIGNED_IN, Viewing
 from .errors import ApiError
 from .params import ASCII_DIGITS, IDEMPOTENCY_KEY_FORM, idempotency_key_from
 from .wire import ErrorBody, JobEnvelope, job_headers, job_to_wire, json_response
@@ -59,7 +59,9 @@ class JobStarter:
         call a 409 while another job on the same key is queued or running; ``precondition``
         checks an application document in the same transaction as the job's insert (raise an
         :class:`ApiError` from its check to refuse the call), so a check-then-act cannot race.
+        With the store's queue full, a 503 and no job.
         """
+        await self.engine.queue_limit.check()
         try:
             created = await self.engine.jobs.start(
                 self.viewer,
@@ -77,9 +79,11 @@ class JobStarter:
         except IdempotencyMismatch as exc:
             raise _mismatch(exc) from None
         job, status = created.job, created.answer_status
+        if created.created:
+            self.engine.queue_limit.added()
         if created.created and self.return_timeout > 0:
             job, status = await self._wait_for_end(job)
-        return accepted_response(self.engine, job, status)
+        return accepted_response(self.engine, job, status, admin=self.viewer.shows_owners)
 
     async def _wait_for_end(self, job: Job) -> tuple[Job, int]:
         """``return_timeout``: 200 with the ended job, or 202. The job exists by now, so a store
@@ -96,11 +100,11 @@ class JobStarter:
             return job, 202
 
 
-def accepted_response(engine: Tarefa, job: Job, status: int) -> Response:
+def accepted_response(engine: Tarefa, job: Job, status: int, *, admin: bool = False) -> Response:
     """``{"job": ...}`` with Location and Retry-After: the answer of an asynchronous call."""
     headers = job_headers(job, retry_after=engine.retry_after)
     headers["Location"] = f"{engine.jobs_href}/{job.id}"
-    return json_response({"job": job_to_wire(job, engine.jobs_href)}, status, headers)
+    return json_response({"job": job_to_wire(job, engine.jobs_href, admin=admin)}, status, headers)
 
 
 class ReplayAnswer(Exception):
@@ -150,6 +154,7 @@ async def _fingerprint(request: Request, key: str) -> Idempotency:
 
 async def _async_call(
     request: Request,
+    viewer: Viewing,
     return_timeout: Annotated[
         int,
         Query(ge=0, le=120, description="Wait up to this many seconds for the job to end (200 if it does)"),
@@ -168,7 +173,6 @@ async def _async_call(
     engine = getattr(request.app.state, "tarefa", None)
     if engine is None:
         raise RuntimeError("AsyncCall used in an app where no Tarefa is mounted: call tarefa.mount(app)")
-    viewer = viewer_of(request)
     idempotency_key = idempotency_key_from(request)  # the Header above documents it
     if idempotency_key is None:
         return JobStarter(engine, viewer, return_timeout, None)
@@ -178,7 +182,7 @@ async def _async_call(
     except IdempotencyMismatch as exc:
         raise _mismatch(exc) from None
     if replay is not None:
-        raise ReplayAnswer(accepted_response(engine, replay.job, replay.answer_status))
+        raise ReplayAnswer(accepted_response(engine, replay.job, replay.answer_status, admin=viewer.shows_owners))
     return JobStarter(engine, viewer, return_timeout, idempotency)
 
 
@@ -200,6 +204,7 @@ def asynchronous(**route_options: Any) -> dict[str, Any]:
         200: {"model": JobEnvelope, "description": "The job ended within return_timeout"},
         409: {"model": ErrorBody, "description": "Another job is working on the same resource"},
         422: {"model": ErrorBody, "description": "The Idempotency-Key was used for a different request"},
+        503: {"model": ErrorBody, "description": "Too many jobs are queued (or the store is unavailable)"},
         **route_options.pop("responses", {}),
     }
     return {
@@ -207,5 +212,6 @@ def asynchronous(**route_options: Any) -> dict[str, Any]:
         "response_model": None,
         "responses": responses,
         "openapi_extra": {"x-tarefa-asynchronous": True},
+        "dependencies": [*SIGNED_IN, *route_options.pop("dependencies", [])],
         **route_options,
     }

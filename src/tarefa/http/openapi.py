@@ -77,6 +77,40 @@ def _replace_validation_responses(schema: dict[str, Any]) -> None:
         components.pop("ValidationError", None)
 
 
+UNAUTHORIZED = {
+    "description": "Not signed in: the credentials are missing or wrong",
+    "headers": {"WWW-Authenticate": {"description": 'Basic realm="tarefa"', "schema": {"type": "string"}}},
+    "content": {"application/json": {"schema": ERROR_REF}},
+}
+
+
+NOT_FOUND = {
+    "description": "No such resource (or not yours)",
+    "content": {"application/json": {"schema": ERROR_REF}},
+}
+
+
+def _document_common_errors(schema: dict[str, Any]) -> None:
+    """Every operation that takes input may answer 400; every one on an item, 404."""
+    for route, path in schema.get("paths", {}).items():
+        for operation in path.values():
+            responses = operation.setdefault("responses", {})
+            if operation.get("parameters") or operation.get("requestBody"):
+                responses.setdefault("400", BAD_REQUEST)
+            if "{" in route:
+                responses.setdefault("404", NOT_FOUND)
+
+
+def _document_sign_in(schema: dict[str, Any]) -> None:
+    """With an identity configured, every operation needs it and may answer 401."""
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            operation.get("responses", {}).setdefault("401", UNAUTHORIZED)
+    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes.setdefault("basic", {"type": "http", "scheme": "basic"})
+    schema.setdefault("security", [{"basic": []}])
+
+
 def document_error_bodies(app: FastAPI) -> None:
     """Make ``app.openapi()`` describe validation errors as tarefa answers them."""
     generate = app.openapi
@@ -86,6 +120,9 @@ def document_error_bodies(app: FastAPI) -> None:
             schema = generate()
             _replace_validation_responses(schema)
             _document_implied_responses(schema)
+            _document_common_errors(schema)
+            if getattr(getattr(app.state, "tarefa", None), "identity", None) is not None:
+                _document_sign_in(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

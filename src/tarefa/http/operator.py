@@ -68,7 +68,7 @@ def _changes(router: APIRouter, engine: Engine, prefix: str) -> None:
         """Answers ``{"token": T}`` once a job the caller may see has changed after the token
         ``after`` (at once without one, or with a token of another server process), or after
         ``poll_timeout`` seconds with the token unchanged. Read the jobs after each answer."""
-        token = await engine.jobs.wait_for_any_change(viewer_of(request), after, float(poll_timeout))
+        token = await engine.jobs.wait_for_any_change(await viewer_of(request), after, float(poll_timeout))
         return {"token": token}
 
 

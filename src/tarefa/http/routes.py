@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from ..jobs import JobNotFound
+from ..jobs import ANYONE, JobNotFound
 from ..store import JobAlreadyTerminal, JobNotTerminal, JobQuery
 from .access import viewer_of
 from .errors import REQUEST_ID_HEADER, ApiError, request_id
@@ -56,7 +56,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 def job_routes(engine: Tarefa) -> APIRouter:
     """The router of the job API; :meth:`Tarefa.mount` includes it under ``<prefix>/jobs``.
     Each route is a translation between HTTP and one call of :class:`~tarefa.jobs.Jobs`."""
-    router = APIRouter(tags=["jobs"], responses=ERRORS)
+    router = APIRouter(tags=["jobs"], responses=ERRORS, dependencies=[Depends(viewer_of)])
     jobs = engine.jobs
 
     @router.get("", response_model=JobList, summary="List jobs")
@@ -79,9 +79,10 @@ def job_routes(engine: Tarefa) -> APIRouter:
             limit=max_records + 1,
             after=decode_cursor(cursor) if cursor else None,
         )
-        found = await jobs.page(viewer_of(request), query)
+        viewer = await viewer_of(request)
+        found = await jobs.page(viewer, query)
         page, more = found[:max_records], len(found) > max_records
-        body = _page([job_to_wire(job, engine.jobs_href, selected) for job in page])
+        body = _page([job_to_wire(job, engine.jobs_href, selected, admin=viewer.shows_owners) for job in page])
         if more:
             last = page[-1]
             moment = last.last_modified if order == "last_modified" else last.create_time
@@ -91,7 +92,12 @@ def job_routes(engine: Tarefa) -> APIRouter:
     # ``/api/jobs/`` is the list too, not a bare redirect.
     router.add_api_route("/", list_jobs, methods=["GET"], include_in_schema=False)
 
-    @router.get("/{job_id}", response_model=JobRecord, summary="Read a job (standard or long poll)")
+    @router.get(
+        "/{job_id}",
+        response_model=JobRecord,
+        summary="Read a job (standard or long poll)",
+        responses={429: {"model": ErrorBody, "description": "Too many of your long polls are open at once"}},
+    )
     async def get_job(
         request: Request,
         job_id: str,
@@ -100,16 +106,17 @@ def job_routes(engine: Tarefa) -> APIRouter:
         fields: Fields = None,
     ) -> Response:
         selected = parse_fields(fields)
-        viewer = viewer_of(request)
+        viewer = await viewer_of(request)
         with _translated(job_id):
             if poll_timeout is None:
                 job = await jobs.get(viewer, job_id)
             else:
                 baseline = parse_baseline(last_modified)
-                job = await jobs.wait_for_change(viewer, job_id, baseline=baseline, timeout=poll_timeout)
+                with engine.waiting_limit.hold(None if viewer is ANYONE else viewer.name):
+                    job = await jobs.wait_for_change(viewer, job_id, baseline=baseline, timeout=poll_timeout)
         retry_after = engine.retry_after if poll_timeout is None else None
         return json_response(
-            {"record": job_to_wire(job, engine.jobs_href, selected)},
+            {"record": job_to_wire(job, engine.jobs_href, selected, admin=viewer.shows_owners)},
             headers=job_headers(job, retry_after=retry_after),
         )
 
@@ -121,7 +128,7 @@ def job_routes(engine: Tarefa) -> APIRouter:
         max_records: MaxRecords = 100,
     ) -> Response:
         with _translated(job_id):
-            events = await jobs.history(viewer_of(request), job_id, after=after, limit=max_records + 1)
+            events = await jobs.history(await viewer_of(request), job_id, after=after, limit=max_records + 1)
         page = events[:max_records]
         body = _page([event_to_wire(event) for event in page])
         if len(events) > max_records:
@@ -138,9 +145,12 @@ def job_routes(engine: Tarefa) -> APIRouter:
         responses={409: {"model": ErrorBody, "description": "The job has already ended"}},
     )
     async def change_job(request: Request, job_id: str, action: CancelAction) -> Response:
+        viewer = await viewer_of(request)
         with _translated(job_id):
-            job = await jobs.cancel(viewer_of(request), job_id)
-        return json_response({"job": job_to_wire(job, engine.jobs_href)}, 202, job_headers(job))
+            job = await jobs.cancel(viewer, job_id)
+        return json_response(
+            {"job": job_to_wire(job, engine.jobs_href, admin=viewer.shows_owners)}, 202, job_headers(job)
+        )
 
     @router.delete(
         "/{job_id}",
@@ -150,7 +160,7 @@ def job_routes(engine: Tarefa) -> APIRouter:
     )
     async def delete_job(request: Request, job_id: str) -> Response:
         with _translated(job_id):
-            await jobs.delete(viewer_of(request), job_id)
+            await jobs.delete(await viewer_of(request), job_id)
         return Response(status_code=204, headers={REQUEST_ID_HEADER: request_id(request)})
 
     return router

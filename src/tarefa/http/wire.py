@@ -34,7 +34,9 @@ _WRITE: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def _shown(field: FieldInfo, job: Job, value: Any) -> bool:
+def _shown(field: FieldInfo, job: Job, value: Any, admin: bool) -> bool:
+    if field.wire == "admin":
+        return admin
     if field.wire == "if_set":
         return value is not None
     if field.wire == "on_success":
@@ -42,12 +44,15 @@ def _shown(field: FieldInfo, job: Job, value: Any) -> bool:
     return True
 
 
-def job_to_wire(job: Job, jobs_href: str, fields: frozenset[str] | None = None) -> dict[str, Any]:
-    """The Job object as SPEC §1 shows it; ``fields`` limits it (None: every field)."""
+def job_to_wire(
+    job: Job, jobs_href: str, fields: frozenset[str] | None = None, *, admin: bool = False
+) -> dict[str, Any]:
+    """The Job object as SPEC §1 shows it; ``fields`` limits it (None: every field); ``admin``
+    adds the fields only administrators see (``owner``)."""
     body: dict[str, Any] = {}
     for field in WIRE_FIELDS:
         value = getattr(job, field.name)
-        if _shown(field, job, value):
+        if _shown(field, job, value, admin):
             write = _WRITE.get(field.kind)
             body[field.name] = value if write is None or value is None else write(value)
     body["_links"] = {"self": {"href": f"{jobs_href}/{job.id}"}}

@@ -17,7 +17,17 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Path, Response
 from pydantic import BaseModel, Field
 
-from tarefa import ApiError, AsyncCall, JobContext, OperationError, Precondition, Tarefa, asynchronous, serve_api_docs
+from tarefa import (
+    SIGNED_IN,
+    ApiError,
+    AsyncCall,
+    JobContext,
+    OperationError,
+    Precondition,
+    Tarefa,
+    asynchronous,
+    serve_api_docs,
+)
 
 UNREACHABLE = ipaddress.ip_network("192.0.2.0/24")
 FAILS_DEPLOY = ipaddress.ip_network("198.51.100.0/24")
@@ -214,11 +224,11 @@ def _host_routes(app: FastAPI, jobs: Tarefa) -> None:
             precondition=Precondition(HOST, host.name, absent),  # holds when the job is stored
         )
 
-    @app.get("/api/hosts", tags=["hosts"], summary="List hosts")
+    @app.get("/api/hosts", tags=["hosts"], summary="List hosts", dependencies=SIGNED_IN)
     async def list_hosts() -> dict[str, Any]:
         return _collection(await jobs.documents(HOST).list())
 
-    @app.get("/api/hosts/{name}", tags=["hosts"], summary="Read a host", responses=_NOT_FOUND)
+    @app.get("/api/hosts/{name}", tags=["hosts"], summary="Read a host", responses=_NOT_FOUND, dependencies=SIGNED_IN)
     async def get_host(name: str) -> dict[str, Any]:
         host = await jobs.documents(HOST).get(name)
         if host is None:
@@ -232,6 +242,7 @@ def _cluster_routes(app: FastAPI, jobs: Tarefa) -> None:
         status_code=201,
         tags=["clusters"],
         summary="Configure a cluster",
+        dependencies=SIGNED_IN,
         responses={
             400: {"description": "Hosts that do not fit node_count, or are not registered"},
             409: {"description": "A cluster of this name exists, or a host is in use"},
@@ -262,11 +273,17 @@ def _cluster_routes(app: FastAPI, jobs: Tarefa) -> None:
         response.headers["Location"] = f"/api/clusters/{cluster_id}"
         return {"record": cluster}
 
-    @app.get("/api/clusters", tags=["clusters"], summary="List clusters")
+    @app.get("/api/clusters", tags=["clusters"], summary="List clusters", dependencies=SIGNED_IN)
     async def list_clusters() -> dict[str, Any]:
         return _collection(await jobs.documents(CLUSTER).list())
 
-    @app.get("/api/clusters/{cluster_id}", tags=["clusters"], summary="Read a cluster", responses=_NOT_FOUND)
+    @app.get(
+        "/api/clusters/{cluster_id}",
+        tags=["clusters"],
+        summary="Read a cluster",
+        responses=_NOT_FOUND,
+        dependencies=SIGNED_IN,
+    )
     async def get_cluster(cluster_id: ClusterId) -> dict[str, Any]:
         return {"record": await _cluster(jobs, cluster_id)}
 

@@ -45,6 +45,7 @@ from .base import (
 from .documents import Documents
 from .steps import (
     CountJobs,
+    CountQueued,
     DeleteJob,
     InsertDocuments,
     InsertJob,
@@ -188,6 +189,11 @@ class JobStore(ABC):
             raise StoreError(
                 f"the store's schema is at version {found}, this tarefa needs {known}: run 'tarefa db upgrade'"
             )
+
+    async def count_queued(self) -> int:
+        """How many jobs are queued (in every process's view: the store's count)."""
+        count: int = await self._read(lambda: _one(CountQueued()))
+        return count
 
     # -- running ----------------------------------------------------------------------------------
 

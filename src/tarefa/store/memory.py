@@ -25,6 +25,7 @@ from .documents import Documents
 from .jobstore import JobStore
 from .steps import (
     CountJobs,
+    CountQueued,
     DeleteJob,
     IdempotentEntry,
     InsertDocuments,
@@ -168,6 +169,8 @@ class MemoryStore(JobStore, Documents):
                 return dict(Counter((job.state.value, job.operation) for job in self._jobs()))
             case ReadSchemaVersion():
                 return (1, 1)
+            case CountQueued():
+                return sum(1 for job in self._jobs() if job.state is JobState.QUEUED)
         raise AssertionError(f"unknown step {step!r}")
 
     def _insert_documents(self, documents: tuple[tuple[str, str, dict[str, Any]], ...]) -> bool:

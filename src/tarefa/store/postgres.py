@@ -60,6 +60,7 @@ from .postgres_batch import Cursor, GroupCommit, replace_broken_connections, sto
 from .postgres_listen import ChangeFeed, Connection, encode_changes
 from .steps import (
     CountJobs,
+    CountQueued,
     DeleteJob,
     IdempotentEntry,
     InsertDocuments,
@@ -364,6 +365,9 @@ class PgSteps:
             case ReadSchemaVersion():
                 row = await self._row(q.SELECT_VERSION, {})
                 return (0 if row is None else int(row["version"])), len(q.MIGRATIONS)
+            case CountQueued():
+                row = await self._row(q.COUNT_QUEUED, {})
+                return 0 if row is None else row["count"]
         raise AssertionError(f"unknown step {step!r}")
 
     async def _rows(self, statement: str | sql.Composed, params: dict[str, Any]) -> list[DictRow]:

@@ -218,6 +218,8 @@ SELECT_RESOURCE_HOLDER = """
     WHERE resource_key = %(resource_key)s AND state IN ('queued', 'running')
 """
 
+COUNT_QUEUED = "SELECT count(*) AS count FROM tarefa_jobs WHERE state = 'queued'"
+
 SET_ANSWER_STATUS = "UPDATE tarefa_jobs SET answer_status = %(status)s WHERE id = %(id)s"
 
 CLAIM_JOBS = """

@@ -30,6 +30,7 @@ from .jobstore import JobStore
 from .sqlite_connection import ConnectionThread, Work
 from .steps import (
     CountJobs,
+    CountQueued,
     DeleteJob,
     IdempotentEntry,
     InsertDocuments,
@@ -162,6 +163,8 @@ class Steps:
                 return {(state, operation): n for state, operation, n in self.conn.execute(sql.COUNT_JOBS)}
             case ReadSchemaVersion():
                 return int(self.conn.execute("PRAGMA user_version").fetchone()[0]), len(sql.MIGRATIONS)
+            case CountQueued():
+                return self.conn.execute(sql.COUNT_QUEUED).fetchone()[0]
         raise AssertionError(f"unknown step {step!r}")
 
     def _one(self, statement: str, params: Sequence[Any]) -> Job | None:

@@ -112,6 +112,8 @@ SELECT_QUEUED = f"""
     ORDER BY create_time, id LIMIT ?
 """
 
+COUNT_QUEUED = "SELECT count(*) FROM jobs WHERE state = 'queued'"
+
 SELECT_RUNNING = f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running' ORDER BY id"
 
 SELECT_EXPIRED = f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running' AND lease_expires < ? ORDER BY id"

@@ -175,10 +175,15 @@ class ReadSchemaVersion:
     """→ ``tuple[int, int]``: the schema version of the database, and the one this tarefa knows."""
 
 
+@dataclass(frozen=True, slots=True)
+class CountQueued:
+    """→ ``int``: how many jobs are queued in the store (an indexed count)."""
+
+
 Step = (
     LoadJob | LoadQueued | LoadHeld | LoadLost | LoadIdempotent | LoadResourceHolder | LoadDocument
     | InsertDocuments | InsertJob | SaveJobs | DeleteJob | PurgeJobs | RenewLeases | SetAnswerStatus | ListJobs
-    | ListEvents | CountJobs | ReadSchemaVersion
+    | ListEvents | CountJobs | ReadSchemaVersion | CountQueued
 )  # fmt: skip
 
 #: A rule: yields steps, is sent their results, returns its value.

@@ -26,7 +26,8 @@ class Job:
     with only the job's id and links); :attr:`is_complete` tells whether the job carried its
     ``state`` and ``last_modified``. Timestamps are timezone-aware UTC datetimes, or ``None``
     when absent or unreadable; :attr:`last_modified_text` is the exact text the server sent,
-    which is what a long poll must echo.
+    which is what a long poll must echo. :attr:`owner` is the user who started the job, sent
+    only to an administrator.
     """
 
     id: str
@@ -43,6 +44,7 @@ class Job:
     error: JobError | None = None
     resource_href: str | None = None
     self_href: str | None = None
+    owner: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -88,6 +90,7 @@ class Job:
             error=_error(data.get("error")),
             resource_href=_href(data.get("resource")),
             self_href=_href(_link(data, "self")) or location,
+            owner=data["owner"] if isinstance(data.get("owner"), str) else None,
             raw=data,
         )
 

@@ -165,6 +165,9 @@ class ChangeFeed:
                 logger.warning("cannot catch up on missed job changes yet: %s", exc)
                 await close_quietly(conn)
                 continue
+            except BaseException:  # stopped while catching up: the new connection is not kept
+                await close_quietly(conn)
+                raise
             self._connected_at = listening_since
             self.reconnects += 1
             self.listening.set()

@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
-from databases import temporary_database
 from job_polling import follow
 
 from conftest import ServerProcess
+from databases import temporary_database
 
 STORES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 

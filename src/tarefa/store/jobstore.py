@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from .. import model
 from ..model import Job, JobEvent, JobState
+from . import steps
 from .base import (
     ChangeListener,
     Created,
@@ -43,28 +44,7 @@ from .base import (
     apply_outcome,
 )
 from .documents import Documents
-from .steps import (
-    CountJobs,
-    CountQueued,
-    DeleteJob,
-    InsertDocuments,
-    InsertJob,
-    ListEvents,
-    ListJobs,
-    LoadDocument,
-    LoadHeld,
-    LoadIdempotent,
-    LoadJob,
-    LoadLost,
-    LoadQueued,
-    LoadResourceHolder,
-    Program,
-    PurgeJobs,
-    ReadSchemaVersion,
-    RenewLeases,
-    SaveJobs,
-    SetAnswerStatus,
-)
+from .steps import Program
 
 T = TypeVar("T")
 #: Jobs deleted per transaction by :meth:`JobStore.purge_jobs`.
@@ -144,7 +124,7 @@ class JobStore(ABC):
     async def insert_documents(self, documents: Sequence[tuple[str, str, dict[str, Any]]]) -> bool:
         """Insert every ``(kind, key, data)``, in one transaction, or none of them (False) if any
         key exists already: a claim of several names at once that two callers cannot share."""
-        return bool(await self._write(lambda: _one(InsertDocuments(tuple(documents)))))
+        return bool(await self._write(lambda: _one(steps.InsertDocuments(tuple(documents)))))
 
     async def replay_idempotent(self, owner: str, idempotency: Idempotency) -> Created | None:
         """The job first created with this key by ``owner`` (``Created(job, created=False,
@@ -154,19 +134,19 @@ class JobStore(ABC):
 
     async def set_answer_status(self, job_id: str, status: int) -> None:
         """Record the status code of the first answer (200 when ``return_timeout`` saw it end)."""
-        await self._write(lambda: _one(SetAnswerStatus(job_id, status)))
+        await self._write(lambda: _one(steps.SetAnswerStatus(job_id, status)))
 
     # -- reading ----------------------------------------------------------------------------------
 
     async def get_job(self, job_id: str, owner: str | None = None) -> Job | None:
         """The job, or None if unknown or not owned by ``owner`` (None: any owner)."""
-        job: Job | None = await self._read(lambda: _one(LoadJob(job_id, owner)))
+        job: Job | None = await self._read(lambda: _one(steps.LoadJob(job_id, owner)))
         return job
 
     async def list_jobs(self, query: JobQuery) -> list[Job]:
         """Up to ``query.limit`` jobs in order, strictly after ``query.after`` (keyset paging,
         ties on the order value broken by id in the same direction)."""
-        jobs: list[Job] = await self._read(lambda: _one(ListJobs(query)))
+        jobs: list[Job] = await self._read(lambda: _one(steps.ListJobs(query)))
         return jobs
 
     async def list_events(
@@ -178,13 +158,13 @@ class JobStore(ABC):
 
     async def count_jobs(self) -> dict[tuple[str, str], int]:
         """How many jobs the store holds per ``(state, operation)``, in one query."""
-        counts: dict[tuple[str, str], int] = await self._read(lambda: _one(CountJobs()))
+        counts: dict[tuple[str, str], int] = await self._read(lambda: _one(steps.CountJobs()))
         return counts
 
     async def check_ready(self) -> None:
         """Return if the store answers and its schema is the one this tarefa knows; else raise
         :class:`~tarefa.store.StoreError` (:class:`~tarefa.store.StoreUnavailable` if unreachable)."""
-        found, known = await self._read(lambda: _one(ReadSchemaVersion()))
+        found, known = await self._read(lambda: _one(steps.ReadSchemaVersion()))
         if found != known:
             raise StoreError(
                 f"the store's schema is at version {found}, this tarefa needs {known}: run 'tarefa db upgrade'"
@@ -192,7 +172,7 @@ class JobStore(ABC):
 
     async def count_queued(self) -> int:
         """How many jobs are queued (in every process's view: the store's count)."""
-        count: int = await self._read(lambda: _one(CountQueued()))
+        count: int = await self._read(lambda: _one(steps.CountQueued()))
         return count
 
     # -- running ----------------------------------------------------------------------------------
@@ -227,14 +207,14 @@ class JobStore(ABC):
         if not job_ids:
             return set()
         expires = model.utcnow() + timedelta(seconds=lease_seconds)
-        held: set[str] = await self._write(lambda: _one(RenewLeases(worker, tuple(job_ids), expires)))
+        held: set[str] = await self._write(lambda: _one(steps.RenewLeases(worker, tuple(job_ids), expires)))
         return held
 
     async def release_jobs(self, worker: str, job_ids: Collection[str]) -> list[Job]:
         """Graceful stop: apply :func:`tarefa.model.lose` at once to these jobs held by ``worker``."""
         if not job_ids:
             return []
-        return await self._write(lambda: _lose(LoadHeld(worker, tuple(sorted(job_ids)))))
+        return await self._write(lambda: _lose(steps.LoadHeld(worker, tuple(sorted(job_ids)))))
 
     async def recover_jobs(self, *, expired_only: bool = True) -> list[Job]:
         """Apply :func:`tarefa.model.lose` to running jobs whose lease has expired (or to every
@@ -255,7 +235,7 @@ class JobStore(ABC):
         """Delete terminal jobs that ended before the instant, in batches; returns how many."""
         purged = 0
         while True:
-            ids: list[str] = await self._write(lambda: _one(PurgeJobs(ended_before, PURGE_BATCH)))
+            ids: list[str] = await self._write(lambda: _one(steps.PurgeJobs(ended_before, PURGE_BATCH)))
             purged += len(ids)
             if len(ids) < PURGE_BATCH:
                 return purged
@@ -276,22 +256,22 @@ def _create(
     # lookups that follow; a conflicting job that ended meanwhile means: try again.
     for _ in range(_CREATE_ATTEMPTS):
         if precondition is not None:
-            precondition.check((yield LoadDocument(precondition.kind, precondition.key)))
+            precondition.check((yield steps.LoadDocument(precondition.kind, precondition.key)))
         if idempotency is not None:
             replay = yield from _replay(job.owner, idempotency)
             if replay is not None:
                 return replay
-        if (yield InsertJob(job, resource_key, idempotency)) is not None:
+        if (yield steps.InsertJob(job, resource_key, idempotency)) is not None:
             return Created(job, created=True)
         if resource_key is not None:
-            holder = yield LoadResourceHolder(resource_key)
+            holder = yield steps.LoadResourceHolder(resource_key)
             if holder is not None:
                 raise ResourceBusy(resource_key, holder)
     raise StoreError(f"could not insert job {job.id}: a job with this id exists")
 
 
 def _replay(owner: str, idempotency: Idempotency) -> Program[Created | None]:
-    entry = yield LoadIdempotent(owner, idempotency.key)
+    entry = yield steps.LoadIdempotent(owner, idempotency.key)
     if entry is None:
         return None
     if entry.request_hash != idempotency.request_hash:
@@ -300,19 +280,19 @@ def _replay(owner: str, idempotency: Idempotency) -> Program[Created | None]:
 
 
 def _history(job_id: str, owner: str | None, after: int, limit: int) -> Program[list[JobEvent] | None]:
-    if (yield LoadJob(job_id, owner)) is None:
+    if (yield steps.LoadJob(job_id, owner)) is None:
         return None
-    events: list[JobEvent] = yield ListEvents(job_id, after, limit)
+    events: list[JobEvent] = yield steps.ListEvents(job_id, after, limit)
     return events
 
 
 def _claim(worker: str, operations: tuple[str, ...], limit: int, lease_seconds: float) -> Program[list[Job]]:
-    queued: list[Job] = yield LoadQueued(operations, limit)
+    queued: list[Job] = yield steps.LoadQueued(operations, limit)
     now = model.utcnow()
     expires = now + timedelta(seconds=lease_seconds)
     started = [model.start(job, now=now, worker=worker, lease_expires=expires) for job in queued]
     if started:
-        yield SaveJobs(tuple(started))
+        yield steps.SaveJobs(tuple(started))
     return started
 
 
@@ -322,7 +302,7 @@ def holds(job: Job, worker: str) -> bool:
 
 
 def _change_held(job_id: str, worker: str, transition: Callable[[Job], Job]) -> Program[Job | None]:
-    job = yield LoadJob(job_id)
+    job = yield steps.LoadJob(job_id)
     if job is None or not holds(job, worker):
         return None
     return (yield from _save(job, transition(job)))
@@ -331,25 +311,25 @@ def _change_held(job_id: str, worker: str, transition: Callable[[Job], Job]) -> 
 def _save(job: Job, changed: Job) -> Program[Job]:
     """Save ``changed`` (a transition of ``job``) unless the transition changed nothing."""
     if changed is not job:
-        yield SaveJobs((changed,))
+        yield steps.SaveJobs((changed,))
     return changed
 
 
-def _lose(load: LoadHeld | LoadLost) -> Program[list[Job]]:
+def _lose(load: steps.LoadHeld | steps.LoadLost) -> Program[list[Job]]:
     running: list[Job] = yield load
     now = model.utcnow()
     lost = [model.lose(job, now=now) for job in running]
     if lost:
-        yield SaveJobs(tuple(lost))
+        yield steps.SaveJobs(tuple(lost))
     return lost
 
 
 def _recover(expired_only: bool) -> Program[list[Job]]:
-    return (yield from _lose(LoadLost(model.utcnow() if expired_only else None)))
+    return (yield from _lose(steps.LoadLost(model.utcnow() if expired_only else None)))
 
 
 def _cancel(job_id: str, owner: str | None) -> Program[Job | None]:
-    job = yield LoadJob(job_id, owner)
+    job = yield steps.LoadJob(job_id, owner)
     if job is None:
         return None
     if job.is_terminal:
@@ -358,12 +338,12 @@ def _cancel(job_id: str, owner: str | None) -> Program[Job | None]:
 
 
 def _delete(job_id: str, owner: str | None) -> Program[bool]:
-    job = yield LoadJob(job_id, owner)
+    job = yield steps.LoadJob(job_id, owner)
     if job is None:
         return False
     if not job.is_terminal:
         raise JobNotTerminal(job)
-    yield DeleteJob(job_id)
+    yield steps.DeleteJob(job_id)
     return True
 
 

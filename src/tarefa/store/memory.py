@@ -19,36 +19,12 @@ from typing import Any, TypeVar
 import orjson
 
 from ..model import Job, JobEvent, JobState, event_of
+from . import steps
 from .base import JobChange, JobQuery, StoreError
 from .columns import Codec, json_bytes
 from .documents import Documents
 from .jobstore import JobStore
-from .steps import (
-    CountJobs,
-    CountQueued,
-    DeleteJob,
-    IdempotentEntry,
-    InsertDocuments,
-    InsertJob,
-    ListEvents,
-    ListJobs,
-    LoadDocument,
-    LoadHeld,
-    LoadIdempotent,
-    LoadJob,
-    LoadLost,
-    LoadQueued,
-    LoadResourceHolder,
-    Program,
-    PurgeJobs,
-    ReadSchemaVersion,
-    RenewLeases,
-    SaveJobs,
-    SetAnswerStatus,
-    Step,
-    numbered,
-    run,
-)
+from .steps import Program, numbered, run
 
 T = TypeVar("T")
 
@@ -117,59 +93,59 @@ class MemoryStore(JobStore, Documents):
 
     # -- steps --------------------------------------------------------------------------------------
 
-    def _do(self, step: Step) -> Any:
+    def _do(self, step: steps.Step) -> Any:
         match step:
-            case LoadJob(job_id, owner):
+            case steps.LoadJob(job_id, owner):
                 job = self._job(job_id)
                 return job if job is not None and (owner is None or job.owner == owner) else None
-            case LoadQueued(operations, limit):
+            case steps.LoadQueued(operations, limit):
                 queued = [job for job in self._jobs() if job.state is JobState.QUEUED and job.operation in operations]
                 return sorted(queued, key=lambda job: (job.create_time, job.id))[:limit]
-            case LoadHeld(worker, job_ids):
+            case steps.LoadHeld(worker, job_ids):
                 jobs = (self._job(job_id) for job_id in job_ids)
                 return [j for j in jobs if j is not None and j.state is JobState.RUNNING and j.lease_owner == worker]
-            case LoadLost(expired_before):
+            case steps.LoadLost(expired_before):
                 return sorted((job for job in self._jobs() if _lost(job, expired_before)), key=lambda job: job.id)
-            case LoadIdempotent(owner, key):
+            case steps.LoadIdempotent(owner, key):
                 return self._idempotent(owner, key)
-            case LoadResourceHolder(resource_key):
+            case steps.LoadResourceHolder(resource_key):
                 return self._holder(resource_key)
-            case LoadDocument(kind, key):
+            case steps.LoadDocument(kind, key):
                 data = self._documents.get((kind, key))
                 return None if data is None else dict(orjson.loads(data))
-            case InsertDocuments(documents):
+            case steps.InsertDocuments(documents):
                 return self._insert_documents(documents)
-            case InsertJob(job, resource_key, idempotency):
+            case steps.InsertJob(job, resource_key, idempotency):
                 return self._insert(
                     job, resource_key, None if idempotency is None else (idempotency.key, idempotency.request_hash)
                 )
-            case SaveJobs(jobs):
+            case steps.SaveJobs(jobs):
                 return [self._save(job) for job in jobs]
-            case DeleteJob(job_id):
+            case steps.DeleteJob(job_id):
                 self._delete(job_id)
                 return None
-            case PurgeJobs(ended_before, limit):
+            case steps.PurgeJobs(ended_before, limit):
                 ids = [job.id for job in self._jobs() if _ended_before(job, ended_before)][:limit]
                 for job_id in ids:
                     self._delete(job_id)
                 return ids
-            case RenewLeases(worker, job_ids, expires):
+            case steps.RenewLeases(worker, job_ids, expires):
                 return self._renew(worker, job_ids, expires)
-            case SetAnswerStatus(job_id, status):
+            case steps.SetAnswerStatus(job_id, status):
                 if (row := self._rows.get(job_id)) is not None:
                     row.answer_status = status
                 return None
-            case ListJobs(query):
+            case steps.ListJobs(query):
                 return _page(list(self._jobs()), query)
-            case ListEvents(job_id, after, limit):
+            case steps.ListEvents(job_id, after, limit):
                 row = self._rows.get(job_id)
                 events = row.events if row is not None else []
                 return [event for event in events if event.seq > after][:limit]
-            case CountJobs():
+            case steps.CountJobs():
                 return dict(Counter((job.state.value, job.operation) for job in self._jobs()))
-            case ReadSchemaVersion():
+            case steps.ReadSchemaVersion():
                 return (1, 1)
-            case CountQueued():
+            case steps.CountQueued():
                 return sum(1 for job in self._jobs() if job.state is JobState.QUEUED)
         raise AssertionError(f"unknown step {step!r}")
 
@@ -188,11 +164,11 @@ class MemoryStore(JobStore, Documents):
     def _jobs(self) -> list[Job]:
         return [CODEC.decode(row.values) for row in self._rows.values()]
 
-    def _idempotent(self, owner: str, key: str) -> IdempotentEntry | None:
+    def _idempotent(self, owner: str, key: str) -> steps.IdempotentEntry | None:
         for row in self._rows.values():
             job = CODEC.decode(row.values)
             if row.idempotency is not None and row.idempotency[0] == key and job.owner == owner:
-                return IdempotentEntry(job, row.idempotency[1], row.answer_status)
+                return steps.IdempotentEntry(job, row.idempotency[1], row.answer_status)
         return None
 
     def _holder(self, resource_key: str) -> str | None:

@@ -50,7 +50,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from ..model import Job, JobError, JobEvent, JobState, event_of, utcnow
-from . import InvalidStoreURL
+from . import InvalidStoreURL, steps
 from . import postgres_sql as q
 from .base import Idempotency, JobChange, SchemaTooNew, StoreError
 from .columns import NAMES, Codec, json_text
@@ -58,32 +58,7 @@ from .documents import Documents
 from .jobstore import JobStore
 from .postgres_batch import Cursor, GroupCommit, replace_broken_connections, store_error
 from .postgres_listen import ChangeFeed, Connection, encode_changes
-from .steps import (
-    CountJobs,
-    CountQueued,
-    DeleteJob,
-    IdempotentEntry,
-    InsertDocuments,
-    InsertJob,
-    ListEvents,
-    ListJobs,
-    LoadDocument,
-    LoadHeld,
-    LoadIdempotent,
-    LoadJob,
-    LoadLost,
-    LoadQueued,
-    LoadResourceHolder,
-    Program,
-    PurgeJobs,
-    ReadSchemaVersion,
-    RenewLeases,
-    SaveJobs,
-    SetAnswerStatus,
-    Step,
-    numbered,
-    run_async,
-)
+from .steps import Program, numbered, run_async
 
 logger = logging.getLogger("tarefa.store.postgres")
 
@@ -308,64 +283,64 @@ class PgSteps:
         self.cursor = cursor
         self.locking = locking
 
-    async def do(self, step: Step) -> Any:
+    async def do(self, step: steps.Step) -> Any:
         match step:
-            case LoadJob(job_id, owner):
+            case steps.LoadJob(job_id, owner):
                 jobs = await self._jobs(q.SELECT_JOB_FOR_UPDATE if self.locking else q.SELECT_JOB,
                                         {"id": job_id, "owner": owner})  # fmt: skip
                 return jobs[0] if jobs else None
-            case LoadQueued(operations, limit):
+            case steps.LoadQueued(operations, limit):
                 return await self._jobs(q.CLAIM_JOBS, {"operations": list(operations), "limit": limit})
-            case LoadHeld(worker, job_ids):
+            case steps.LoadHeld(worker, job_ids):
                 return await self._jobs(q.SELECT_HELD_JOBS, {"ids": list(job_ids), "worker": worker})
-            case LoadLost(expired_before):
+            case steps.LoadLost(expired_before):
                 return await self._jobs(q.SELECT_LOST_JOBS, {"now": expired_before})
-            case LoadIdempotent(owner, key):
+            case steps.LoadIdempotent(owner, key):
                 row = await self._row(q.SELECT_IDEMPOTENT_JOB, {"owner": owner, "key": key})
                 return (
                     None
                     if row is None
-                    else IdempotentEntry(_row_to_job(row), row["request_hash"], row["answer_status"])
+                    else steps.IdempotentEntry(_row_to_job(row), row["request_hash"], row["answer_status"])
                 )
-            case LoadResourceHolder(resource_key):
+            case steps.LoadResourceHolder(resource_key):
                 row = await self._row(q.SELECT_RESOURCE_HOLDER, {"resource_key": resource_key})
                 return None if row is None else row["id"]
-            case LoadDocument(kind, key):
+            case steps.LoadDocument(kind, key):
                 statement = q.GET_DOCUMENT_FOR_UPDATE if self.locking else q.GET_DOCUMENT
                 row = await self._row(statement, {"kind": kind, "key": key})
                 return None if row is None else dict(row["data"])
-            case InsertDocuments(documents):
+            case steps.InsertDocuments(documents):
                 return await self._insert_documents(documents)
-            case InsertJob(job, resource_key, idempotency):
+            case steps.InsertJob(job, resource_key, idempotency):
                 return await self._insert(job, resource_key, idempotency)
-            case SaveJobs(jobs):
+            case steps.SaveJobs(jobs):
                 return await self._save(jobs)
-            case DeleteJob(job_id):
+            case steps.DeleteJob(job_id):
                 await self.cursor.execute(q.DELETE_JOB, {"id": job_id, "now": utcnow()})
                 return None
-            case PurgeJobs(ended_before, limit):
+            case steps.PurgeJobs(ended_before, limit):
                 params = {"ended_before": ended_before, "batch": limit, "now": utcnow()}
                 ids = [row["id"] for row in await self._rows(q.PURGE_JOBS, params)]
                 await self.cursor.execute(q.FORGET_DELETED_JOBS, {"before": utcnow() - DELETED_IDS_RETENTION})
                 return ids
-            case RenewLeases(worker, job_ids, expires):
+            case steps.RenewLeases(worker, job_ids, expires):
                 params = {"ids": list(job_ids), "worker": worker, "lease_expires": expires}
                 return {row["id"] for row in await self._rows(q.RENEW_LEASES, params)}
-            case SetAnswerStatus(job_id, status):
+            case steps.SetAnswerStatus(job_id, status):
                 await self.cursor.execute(q.SET_ANSWER_STATUS, {"id": job_id, "status": status})
                 return None
-            case ListJobs(query):
+            case steps.ListJobs(query):
                 return await self._jobs(*q.list_jobs(query))
-            case ListEvents(job_id, after, limit):
+            case steps.ListEvents(job_id, after, limit):
                 rows = await self._rows(q.SELECT_EVENTS, {"id": job_id, "after": after, "limit": limit})
                 return [_row_to_event(row) for row in rows]
-            case CountJobs():
+            case steps.CountJobs():
                 rows = await self._rows(q.COUNT_JOBS, {})
                 return {(row["state"], row["operation"]): row["n"] for row in rows}
-            case ReadSchemaVersion():
+            case steps.ReadSchemaVersion():
                 row = await self._row(q.SELECT_VERSION, {})
                 return (0 if row is None else int(row["version"])), len(q.MIGRATIONS)
-            case CountQueued():
+            case steps.CountQueued():
                 row = await self._row(q.COUNT_QUEUED, {})
                 return 0 if row is None else row["count"]
         raise AssertionError(f"unknown step {step!r}")
@@ -467,8 +442,8 @@ def _job_params(job: Job) -> dict[str, Any]:
     return dict(zip(NAMES, CODEC.encode(job), strict=True))
 
 
-def _idempotent_entry(row: DictRow) -> IdempotentEntry:
-    return IdempotentEntry(_row_to_job(row), row["request_hash"], row["answer_status"])
+def _idempotent_entry(row: DictRow) -> steps.IdempotentEntry:
+    return steps.IdempotentEntry(_row_to_job(row), row["request_hash"], row["answer_status"])
 
 
 def _row_to_event(row: DictRow) -> JobEvent:

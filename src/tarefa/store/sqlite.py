@@ -23,37 +23,13 @@ import orjson
 from .. import model
 from ..model import Job, JobError, JobEvent, JobState, event_of
 from . import sqlite_sql as sql
+from . import steps
 from .base import JobChange, JobQuery, SchemaTooNew, StoreError
 from .columns import MUTABLE_COLUMNS, Codec, json_text
 from .documents import Documents
 from .jobstore import JobStore
 from .sqlite_connection import ConnectionThread, Work
-from .steps import (
-    CountJobs,
-    CountQueued,
-    DeleteJob,
-    IdempotentEntry,
-    InsertDocuments,
-    InsertJob,
-    ListEvents,
-    ListJobs,
-    LoadDocument,
-    LoadHeld,
-    LoadIdempotent,
-    LoadJob,
-    LoadLost,
-    LoadQueued,
-    LoadResourceHolder,
-    Program,
-    PurgeJobs,
-    ReadSchemaVersion,
-    RenewLeases,
-    SaveJobs,
-    SetAnswerStatus,
-    Step,
-    numbered,
-    run,
-)
+from .steps import Program, numbered, run
 
 T = TypeVar("T")
 SYNCHRONOUS_MODES = ("full", "normal")
@@ -107,63 +83,63 @@ class Steps:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
-    def do(self, step: Step) -> Any:
+    def do(self, step: steps.Step) -> Any:
         match step:
-            case LoadJob(job_id, owner):
+            case steps.LoadJob(job_id, owner):
                 job = self._one(sql.SELECT_JOB, (job_id,))
                 return job if job is not None and (owner is None or job.owner == owner) else None
-            case LoadQueued(operations, limit):
+            case steps.LoadQueued(operations, limit):
                 return self._jobs(sql.SELECT_QUEUED, (_ids(operations), limit))
-            case LoadHeld(worker, job_ids):
+            case steps.LoadHeld(worker, job_ids):
                 return self._jobs(sql.SELECT_HELD, (worker, _ids(job_ids)))
-            case LoadLost(None):
+            case steps.LoadLost(None):
                 return self._jobs(sql.SELECT_RUNNING, ())
-            case LoadLost(expired_before):
+            case steps.LoadLost(expired_before):
                 return self._jobs(sql.SELECT_EXPIRED, (to_us(expired_before),))
-            case LoadIdempotent(owner, key):
+            case steps.LoadIdempotent(owner, key):
                 return self._idempotent(owner, key)
-            case LoadResourceHolder(resource_key):
+            case steps.LoadResourceHolder(resource_key):
                 row = self.conn.execute(sql.SELECT_RESOURCE_HOLDER, (resource_key,)).fetchone()
                 return None if row is None else row[0]
-            case LoadDocument(kind, key):
+            case steps.LoadDocument(kind, key):
                 row = self.conn.execute(sql.GET_DOCUMENT, (kind, key)).fetchone()
                 return None if row is None else dict(orjson.loads(row[0]))
-            case InsertDocuments(documents):
+            case steps.InsertDocuments(documents):
                 keys = [(kind, key) for kind, key, _ in documents]
                 if any(self.conn.execute(sql.GET_DOCUMENT, key).fetchone() for key in keys):
                     return False
                 rows = [(kind, key, json_text(data)) for kind, key, data in documents]
                 self.conn.executemany(sql.PUT_DOCUMENT, rows)
                 return True
-            case InsertJob(job, resource_key, idempotency):
+            case steps.InsertJob(job, resource_key, idempotency):
                 idem = (idempotency.key, idempotency.request_hash) if idempotency else (None, None)
                 cursor = self.conn.execute(sql.INSERT_JOB, (*CODEC.encode(job), resource_key, *idem))
                 return self._event(job) if cursor.rowcount > 0 else None
-            case SaveJobs(jobs):
+            case steps.SaveJobs(jobs):
                 return [self._save(job) for job in jobs]
-            case DeleteJob(job_id):
+            case steps.DeleteJob(job_id):
                 self.conn.execute(sql.DELETE_JOB, (job_id,))
                 self.conn.execute(sql.DELETE_EVENTS, (_ids([job_id]),))
                 return None
-            case PurgeJobs(ended_before, limit):
+            case steps.PurgeJobs(ended_before, limit):
                 ids = [row[0] for row in self.conn.execute(sql.PURGE_JOBS, (to_us(ended_before), limit)).fetchall()]
                 self.conn.execute(sql.DELETE_EVENTS, (_ids(ids),))
                 return ids
-            case RenewLeases(worker, job_ids, expires):
+            case steps.RenewLeases(worker, job_ids, expires):
                 rows = self.conn.execute(sql.RENEW_LEASES, (to_us(expires), worker, _ids(job_ids))).fetchall()
                 return {row[0] for row in rows}
-            case SetAnswerStatus(job_id, status):
+            case steps.SetAnswerStatus(job_id, status):
                 self.conn.execute(sql.UPDATE_ANSWER_STATUS, (status, job_id))
                 return None
-            case ListJobs(query):
+            case steps.ListJobs(query):
                 return self._jobs(*list_statement(query))
-            case ListEvents(job_id, after, limit):
+            case steps.ListEvents(job_id, after, limit):
                 return [_event_row(row) for row in self.conn.execute(sql.SELECT_EVENTS, (job_id, after, limit))]
-            case CountJobs():
+            case steps.CountJobs():
                 return {(state, operation): n for state, operation, n in self.conn.execute(sql.COUNT_JOBS)}
-            case ReadSchemaVersion():
+            case steps.ReadSchemaVersion():
                 return int(self.conn.execute("PRAGMA user_version").fetchone()[0]), len(sql.MIGRATIONS)
-            case CountQueued():
+            case steps.CountQueued():
                 return self.conn.execute(sql.COUNT_QUEUED).fetchone()[0]
         raise AssertionError(f"unknown step {step!r}")
 
@@ -174,9 +150,9 @@ class Steps:
     def _jobs(self, statement: str, params: Sequence[Any]) -> list[Job]:
         return [CODEC.decode(row) for row in self.conn.execute(statement, params)]
 
-    def _idempotent(self, owner: str, key: str) -> IdempotentEntry | None:
+    def _idempotent(self, owner: str, key: str) -> steps.IdempotentEntry | None:
         row = self.conn.execute(sql.SELECT_BY_IDEMPOTENCY, (owner, key)).fetchone()
-        return None if row is None else IdempotentEntry(CODEC.decode(row[:-2]), row[-2], row[-1])
+        return None if row is None else steps.IdempotentEntry(CODEC.decode(row[:-2]), row[-2], row[-1])
 
     def _save(self, job: Job) -> JobEvent:
         self.conn.execute(sql.UPDATE_JOB, (*CODEC.encode(job, MUTABLE_COLUMNS), job.id))

@@ -59,6 +59,10 @@ async def test_metrics_count_known_jobs(tmp_path: Path) -> None:
         held = (await client.post("/api/things", json={"gate": "g"})).json()["job"]["id"]
         for job_id in [*done, failed]:
             await terminal(client, job_id)
+        record = (await client.get(f"/api/jobs/{held}")).json()["record"]
+        while record["message"] != "waiting for gate g":  # else the poll below would answer that change
+            params = {"poll_timeout": 5, "last_modified": record["last_modified"]}
+            record = (await client.get(f"/api/jobs/{held}", params=params)).json()["record"]
         waiting = asyncio.create_task(client.get(f"/api/jobs/{held}", params={"poll_timeout": 30}))
         while tarefa.hub.waiting == 0:
             await asyncio.sleep(0.01)

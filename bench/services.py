@@ -3,11 +3,12 @@
 Redis: the one at 127.0.0.1:6379 if it answers, else a private ``redis-server`` started for the
 run on a free port (no persistence, like the default Redis). The benchmark uses database 15 and
 empties it before each deployment. PostgreSQL: ``postgresql://postgres@127.0.0.1:5432``; each
-deployment gets a fresh database ``tarefa_bench``.
+deployment gets a fresh database ``tarefa_bench_<pid>``.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import tempfile
@@ -20,7 +21,8 @@ from bench.procs import Group, free_port, port_open, start, stop, wait_for
 
 REDIS_DB = 15
 POSTGRES_SERVER = "postgresql://postgres@127.0.0.1:5432"
-POSTGRES_DB = "tarefa_bench"
+#: One database per bench process, so that two runs (or a run and the tests) never share one.
+POSTGRES_DB = f"tarefa_bench_{os.getpid()}"
 
 
 @dataclass
@@ -94,7 +96,7 @@ def postgres_problem() -> str | None:
 
 
 def fresh_postgres_database() -> str:
-    """Drop and create ``tarefa_bench``; return its URL."""
+    """Drop and create ``tarefa_bench_<pid>``; return its URL."""
     import psycopg
 
     with psycopg.connect(f"{POSTGRES_SERVER}/postgres", autocommit=True) as conn:

@@ -326,13 +326,16 @@ class _Sequencer:
     async def _advance(self) -> None:
         store = self._store()
         if self._horizon is None:
-            self._horizon = (await store.list_all_events(EventQuery(limit=0))).covered
+            covered = (await store.list_all_events(EventQuery(limit=0))).covered
+            if self._streams:
+                self._horizon = covered
             return
-        while self._streams:
-            page = await store.list_all_events(EventQuery(after=self._horizon, limit=PAGE))
-            if page.covered <= self._horizon:
+        while self._streams and self._horizon is not None:
+            since = self._horizon
+            page = await store.list_all_events(EventQuery(after=since, limit=PAGE))
+            if self._horizon != since or page.covered <= since:  # reset meanwhile, or nothing new
                 return
-            since, self._horizon = self._horizon, page.covered
+            self._horizon = page.covered
             for sub in tuple(self._streams):
                 shown = [event for event in page.events if sub.query.shows(event)]
                 sub.offer(_Delivery(shown, page.covered, since))

@@ -124,6 +124,21 @@ def test_410_stops_the_retries(start_server: Any, receiver: Receiver) -> None:
     assert 'tarefa_callbacks_total{outcome="gone"} 1.0' in metrics
 
 
+def test_a_delivery_that_keeps_failing_expires_after_its_retry_time(start_server: Any, receiver: Receiver) -> None:
+    server = signed_server(start_server, *ALLOW_LOOPBACK, *FAST_RETRIES, "--callback-retry-for", "1")
+    receiver.answer("/down", 503)
+    job_id = register(server, "h1", {"Callback-URL": receiver.url("/down")}).json()["job"]["id"]
+    deadline = time.monotonic() + 30
+    while not (found := attempts(server, job_id)) or found[-1]["outcome"] != "expired":
+        assert time.monotonic() < deadline, found
+        time.sleep(0.1)
+    assert len(found) >= 2 and {a["outcome"] for a in found[:-1]} == {"failed"}
+    assert all(a["status_code"] == 503 for a in found)
+    count = len(receiver.to("/down"))
+    time.sleep(1.0)
+    assert len(receiver.to("/down")) == count == len(found)
+
+
 REFUSED = [
     "http://127.0.0.1:{port}/hook",
     "http://10.1.2.3/hook",

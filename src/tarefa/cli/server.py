@@ -209,7 +209,10 @@ def _load_tarefa(app: str | None, step_delay: float) -> tuple[FastAPI, Tarefa]:
     if app is None:
         from ..service import create_app
 
-        application = create_app(step_delay=step_delay)
+        try:
+            application = create_app(step_delay=step_delay)
+        except ValueError as exc:  # a TAREFA_* setting the engine reads (e.g. TAREFA_WEBHOOK_SECRET)
+            _fail(str(exc))
     else:
         try:
             application = load_app(app)

@@ -29,6 +29,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .callbacks import CallbackSettings
     from .http import ApiError, AsyncCall, JobStarter, asynchronous
     from .http.access import SIGNED_IN, Identity, Viewing, viewer_of
     from .http.docs import serve_api_docs
@@ -62,12 +63,14 @@ _SOURCES = {
     "viewer_of": ".http.access",
     "Viewer": ".jobs",
     "User": ".users",
+    "CallbackSettings": ".callbacks",
 }
 
 __all__ = [
     "SIGNED_IN",
     "ApiError",
     "AsyncCall",
+    "CallbackSettings",
     "Identity",
     "Job",
     "JobCancelled",

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from . import model
+from .callbacks import CallbackSender, CallbackSettings
 from .jobs import Jobs
 from .metrics import Metrics
 from .operations import OperationRegistry
@@ -45,6 +46,7 @@ class Engine:
         grace_seconds: float = 30.0,
         retention: timedelta = timedelta(days=7),
         retry_after: int = 1,
+        callbacks: CallbackSettings | None = None,
     ) -> None:
         self.operations = OperationRegistry()
         self.workers = workers
@@ -52,6 +54,9 @@ class Engine:
         self.grace_seconds = grace_seconds
         self.retention = retention
         self.retry_after = retry_after
+        #: Callbacks (SPEC §10): the signing secret, allowed networks, retry policy
+        #: (default: from TAREFA_WEBHOOK_SECRET, TAREFA_CALLBACK_ALLOW, TAREFA_CALLBACK_RETRY_FOR).
+        self.callback_settings = callbacks if callbacks is not None else CallbackSettings.from_env()
         self.jobs_href = "/api/jobs"
         self.hub = ChangeHub()
         self._store_spec: str | JobStore = store or os.environ.get("TAREFA_STORE") or DEFAULT_STORE
@@ -61,6 +66,7 @@ class Engine:
         self.metrics = Metrics(lambda: self.store.count_jobs(), lambda: self.hub.waiting)
         self.hub.on_wakeup = self.metrics.long_poll_woken
         self._runner: Runner | None = None
+        self._sender: CallbackSender | None = None
         self._background: list[asyncio.Task[None]] = []
 
     # -- declaring ----------------------------------------------------------------------------
@@ -84,6 +90,7 @@ class Engine:
         workers: int | None = None,
         grace_seconds: float | None = None,
         lease_seconds: float | None = None,
+        callbacks: CallbackSettings | None = None,
     ) -> None:
         """Override settings before start (``tarefa serve/worker`` options do this)."""
         if self._store is not None:
@@ -96,6 +103,8 @@ class Engine:
             self.grace_seconds = grace_seconds
         if lease_seconds is not None:
             self.lease_seconds = lease_seconds
+        if callbacks is not None:
+            self.callback_settings = callbacks
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -138,6 +147,12 @@ class Engine:
             store, self.operations, concurrency=self.workers, lease_seconds=self.lease_seconds, metrics=self.metrics
         )
         await self._runner.start()
+        if self.workers > 0:
+            self._sender = CallbackSender(
+                store, self.callback_settings, self.render_callback, worker_id=self._runner.worker_id,
+                lease_seconds=self.lease_seconds, metrics=self.metrics,
+            )  # fmt: skip
+            await self._sender.start()
         self._background = [asyncio.create_task(self._purge_loop(), name="tarefa-purge")]
 
     def begin_shutdown(self) -> None:
@@ -155,9 +170,11 @@ class Engine:
         await asyncio.gather(*self._background, return_exceptions=True)
         if self._runner is not None:
             await self._runner.stop(self.grace_seconds)
+        if self._sender is not None:
+            await self._sender.stop()
         if self._store is not None:
             await self._store.close()
-        self._store = self._runner = None
+        self._store = self._runner = self._sender = None
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Engine]:
@@ -177,6 +194,11 @@ class Engine:
             except StoreError as exc:
                 log.warning("cannot purge old jobs: %s", exc)
             await asyncio.sleep(min(3600.0, max(1.0, self.retention.total_seconds() / 100)))
+
+    def render_callback(self, snapshot: bytes) -> bytes:
+        """The body a callback POSTs, from its outbox snapshot (:mod:`tarefa.store.outbox`);
+        :class:`tarefa.Tarefa` writes the job as on the wire."""
+        return snapshot
 
     # -- the application's records -------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from . import model
 from .model import Job, JobEvent
 from .operations import OperationRegistry, dump_input
 from .store import Created, Idempotency, JobQuery, JobStore, Precondition, ResourceBusy
+from .store.outbox import CallbackAttempt
 from .values import check_text, text_problem
 from .waiting import ChangeHub
 
@@ -87,11 +88,13 @@ class Jobs:
         resource_key: str | None = None,
         idempotency: Idempotency | None = None,
         precondition: Precondition | None = None,
+        callback: dict[str, str] | None = None,
     ) -> Created:
         """Store a queued job of ``operation`` for ``viewer``, durably (the core of every
         asynchronous call). :class:`~tarefa.store.ResourceBusy` names the holding job only when
         the viewer may see it (``job_id`` is empty otherwise). A ``precondition`` is checked on
-        an application document in the same transaction as the insert (what it raises is raised)."""
+        an application document in the same transaction as the insert (what it raises is raised).
+        ``callback``: the job's callback subscription (:func:`tarefa.callbacks.subscription`)."""
         declared = self._operations.get(operation)
         if declared is None:
             raise UnknownOperation(f"unknown operation {operation!r}: declare it with @tarefa.operation({operation!r})")
@@ -101,6 +104,8 @@ class Jobs:
                 check_text(text, name)
         if idempotency is not None:
             check_text(idempotency.key, "Idempotency-Key")
+        if callback is not None:
+            check_text(callback["url"], "Callback-URL")
         job = model.new_job(
             operation,
             now=model.utcnow(),
@@ -108,6 +113,7 @@ class Jobs:
             owner=viewer.name,
             resource=resource,
             max_attempts=declared.max_attempts,
+            callback=callback,
         )
         try:
             return await self.store.create_job(
@@ -177,6 +183,17 @@ class Jobs:
         if events is None:
             raise JobNotFound(job_id)
         return events
+
+    async def callback_attempts(
+        self, viewer: Viewer, job_id: str, *, after: int = 0, limit: int = 100
+    ) -> list[CallbackAttempt]:
+        """The attempts to deliver the job's callbacks, oldest first, with ``num > after``
+        (:class:`JobNotFound`)."""
+        _check_id(job_id)
+        attempts = await self.store.list_callback_attempts(job_id, owner=viewer.owner_filter, after=after, limit=limit)
+        if attempts is None:
+            raise JobNotFound(job_id)
+        return attempts
 
     # -- changing -------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ _JOB_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 90
 _WAKEUP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 #: Outcomes exported (as 0) before anything happens, so that the series exist from the start.
 RECOVERY_OUTCOMES = ("worker_lost", "requeued")
-CALLBACK_OUTCOMES = ("delivered", "failed")
+CALLBACK_OUTCOMES = ("delivered", "failed", "gone", "expired", "refused")
 
 
 class _StoreJobs(Collector):

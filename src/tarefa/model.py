@@ -90,6 +90,8 @@ class Job:
     max_attempts: int = field(default=1, metadata=_spec("int", wire=None, mutable=False))
     lease_owner: str | None = field(default=None, metadata=_spec("text", wire=None))
     lease_expires: datetime | None = field(default=None, metadata=_spec("time", wire=None))
+    #: The callback subscription (SPEC §10): ``{"url": ..., "events": "all" | "terminal"}``.
+    callback: Any = field(default=None, metadata=_spec("json", wire=None, mutable=False))
 
     @property
     def is_terminal(self) -> bool:
@@ -255,6 +257,7 @@ def new_job(
     resource: str | None = None,
     max_attempts: int = 1,
     message: str = "Queued",
+    callback: dict[str, str] | None = None,
 ) -> Job:
     created = next_timestamp(None, now)
     return Job(
@@ -271,6 +274,7 @@ def new_job(
         owner=owner,
         input=input,
         max_attempts=max(1, max_attempts),
+        callback=callback,
     )
 
 

@@ -22,7 +22,10 @@ from databases import admin_connection, temporary_database
 from tarefa.model import Job
 from tarefa.store import JobChange, Store, open_store
 
-TAREFA_TABLES = ("tarefa_jobs", "tarefa_deleted_jobs", "tarefa_resources", "tarefa_job_events")
+TAREFA_TABLES = (
+    "tarefa_jobs", "tarefa_deleted_jobs", "tarefa_resources", "tarefa_job_events", "tarefa_callback_outbox",
+    "tarefa_callback_attempts",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="session")

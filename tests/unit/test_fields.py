@@ -46,7 +46,7 @@ def test_the_sqlite_schema_has_a_column_for_every_field(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
     migrate(conn)
     present = [row[1] for row in conn.execute("PRAGMA table_info(jobs)")]
-    assert present[: len(columns.NAMES)] == list(columns.NAMES)
+    assert [name for name in present if name in columns.NAMES] == list(columns.NAMES)  # later ones: ADD COLUMN
     job = full_job(JobState.FAILURE)
     assert CODEC.decode(CODEC.encode(job)) == job
 
@@ -59,7 +59,8 @@ def test_the_postgresql_schema_names_every_column() -> None:
     declared = [
         line.split()[0] for line in created.group(1).strip().splitlines() if not line.strip().startswith("CONSTRAINT")
     ]
-    assert [name for name in declared if name in columns.NAMES] == list(columns.NAMES)
+    added = re.findall(r"ALTER TABLE tarefa_jobs ADD COLUMN (\w+)", "".join(postgres_sql.MIGRATIONS[1:]))
+    assert [name for name in [*declared, *added] if name in columns.NAMES] == list(columns.NAMES)
 
 
 #: Where the client's Job keeps a wire field whose name it does not share.

@@ -9,11 +9,18 @@ import os
 import signal
 import socket
 import sys
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 
 from ..logs import LOG_FORMATS, configure_logging, log_startup
+from .callbacks import (
+    CallbackAllowOption,
+    CallbackBackoffOption,
+    CallbackRetryForOption,
+    WebhookSecretOption,
+    configure_callbacks,
+)
 from .common import default
 
 if TYPE_CHECKING:
@@ -97,6 +104,10 @@ def serve(
             min=0.001, envvar="TAREFA_BODY_TIMEOUT", help=f"Seconds between two parts of a body {default(30)}"
         ),
     ] = None,
+    webhook_secret: WebhookSecretOption = None,
+    callback_allow: CallbackAllowOption = None,
+    callback_retry_for: CallbackRetryForOption = None,
+    callback_backoff: CallbackBackoffOption = None,
 ) -> None:
     """Serve the job API: the reference service, or your application with --app."""
     from ..serving import ServerLimits, run
@@ -107,6 +118,7 @@ def serve(
     _check_port(host, port)
     application, tarefa = _load_tarefa(app, step_delay)
     tarefa.configure(store=store, workers=workers, grace_seconds=grace, lease_seconds=lease)
+    _configure_callbacks(tarefa, webhook_secret, callback_allow, callback_retry_for, callback_backoff)
     tarefa.configure_access(
         identity=identity_of(checker), max_waiting_per_user=max_waiting_per_user, max_queued_jobs=max_queued_jobs
     )
@@ -164,6 +176,10 @@ def worker(
         typer.Option("--metrics-port", min=1, max=65535, help="Serve GET /metrics on this loopback port"),
     ] = None,
     users: UsersOption = None,
+    webhook_secret: WebhookSecretOption = None,
+    callback_allow: CallbackAllowOption = None,
+    callback_retry_for: CallbackRetryForOption = None,
+    callback_backoff: CallbackBackoffOption = None,
 ) -> None:
     """Run jobs without serving HTTP (several machines share one PostgreSQL store)."""
     from ..store import StoreError
@@ -171,6 +187,7 @@ def worker(
     load_users(users)  # checked now: the worker's HTTP surface (metrics) signs in with it
     _, tarefa = _load_tarefa(app, step_delay)
     tarefa.configure(store=store, workers=concurrency, grace_seconds=grace, lease_seconds=lease)
+    _configure_callbacks(tarefa, webhook_secret, callback_allow, callback_retry_for, callback_backoff)
     _check_store(tarefa)
     _configure_logging(log_format, log_level)
     try:
@@ -192,7 +209,10 @@ def _load_tarefa(app: str | None, step_delay: float) -> tuple[FastAPI, Tarefa]:
     if app is None:
         from ..service import create_app
 
-        application = create_app(step_delay=step_delay)
+        try:
+            application = create_app(step_delay=step_delay)
+        except ValueError as exc:  # a TAREFA_* setting the engine reads (e.g. TAREFA_WEBHOOK_SECRET)
+            _fail(str(exc))
     else:
         try:
             application = load_app(app)
@@ -201,6 +221,13 @@ def _load_tarefa(app: str | None, step_delay: float) -> tuple[FastAPI, Tarefa]:
     tarefa = tarefa_of(application)
     assert tarefa is not None  # create_app and load_app make sure of it
     return application, tarefa
+
+
+def _configure_callbacks(tarefa: Tarefa, *options: Any) -> None:
+    try:
+        configure_callbacks(tarefa, *options)
+    except ValueError as exc:
+        _fail(f"callbacks: {exc}")
 
 
 def _check_store(tarefa: Tarefa) -> None:

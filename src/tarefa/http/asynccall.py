@@ -25,6 +25,7 @@ from ..model import Job
 from ..store import Idempotency, IdempotencyMismatch, Precondition, ResourceBusy, StoreError
 from ..values import UnstorableValue
 from .access import SIGNED_IN, Viewing
+from .callbacks import CALLBACK_EVENTS, CALLBACK_URL, callback_of
 from .errors import ApiError
 from .params import ASCII_DIGITS, IDEMPOTENCY_KEY_FORM, idempotency_key_from
 from .wire import ErrorBody, JobEnvelope, job_headers, job_to_wire, json_response
@@ -38,11 +39,19 @@ log = logging.getLogger("tarefa.http")
 class JobStarter:
     """Starts the job of one asynchronous request; get it by annotating a parameter ``AsyncCall``."""
 
-    def __init__(self, engine: Tarefa, viewer: Viewer, return_timeout: int, idempotency: Idempotency | None) -> None:
+    def __init__(
+        self,
+        engine: Tarefa,
+        viewer: Viewer,
+        return_timeout: int,
+        idempotency: Idempotency | None,
+        callback: dict[str, str] | None = None,
+    ) -> None:
         self.engine = engine
         self.viewer = viewer
         self.return_timeout = return_timeout
         self.idempotency = idempotency
+        self.callback = callback
 
     async def start(
         self,
@@ -71,6 +80,7 @@ class JobStarter:
                 resource_key=resource_key,
                 idempotency=self.idempotency,
                 precondition=precondition,
+                callback=self.callback,
             )
         except ResourceBusy as exc:
             raise _busy(exc, self.engine.jobs_href) from None
@@ -169,13 +179,26 @@ async def _async_call(
             json_schema_extra={"pattern": IDEMPOTENCY_KEY_FORM},
         ),
     ] = None,
+    _callback_url: Annotated[
+        str | None,
+        Header(
+            alias=CALLBACK_URL,
+            description="POST the job's end (every event with Callback-Events: all) to this http(s) URL, signed "
+            "as Standard Webhooks says (docs/callbacks.md)",
+        ),
+    ] = None,
+    _callback_events: Annotated[
+        str | None,
+        Header(alias=CALLBACK_EVENTS, description="all: every event; terminal (the default): the job's end only"),
+    ] = None,
 ) -> JobStarter:
     engine = getattr(request.app.state, "tarefa", None)
     if engine is None:
         raise RuntimeError("AsyncCall used in an app where no Tarefa is mounted: call tarefa.mount(app)")
+    callback = await callback_of(request, engine.callback_settings)  # the Headers above document them
     idempotency_key = idempotency_key_from(request)  # the Header above documents it
     if idempotency_key is None:
-        return JobStarter(engine, viewer, return_timeout, None)
+        return JobStarter(engine, viewer, return_timeout, None, callback)
     idempotency = await _fingerprint(request, idempotency_key)
     try:
         replay = await engine.jobs.replay(viewer, idempotency)
@@ -183,7 +206,7 @@ async def _async_call(
         raise _mismatch(exc) from None
     if replay is not None:
         raise ReplayAnswer(accepted_response(engine, replay.job, replay.answer_status, admin=viewer.shows_owners))
-    return JobStarter(engine, viewer, return_timeout, idempotency)
+    return JobStarter(engine, viewer, return_timeout, idempotency, callback)
 
 
 #: Annotate an endpoint parameter with this to start a job from it (see module doc).
@@ -202,6 +225,7 @@ def asynchronous(**route_options: Any) -> dict[str, Any]:
             "headers": {"Location": _LOCATION, "Retry-After": _RETRY_AFTER},
         },
         200: {"model": JobEnvelope, "description": "The job ended within return_timeout"},
+        400: {"model": ErrorBody, "description": "A malformed parameter, or a Callback-URL that is refused"},
         409: {"model": ErrorBody, "description": "Another job is working on the same resource"},
         422: {"model": ErrorBody, "description": "The Idempotency-Key was used for a different request"},
         503: {"model": ErrorBody, "description": "Too many jobs are queued (or the store is unavailable)"},

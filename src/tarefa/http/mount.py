@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from ..engine import Engine
 from ..store import JobStore
 from .access import Identity
+from .callbacks import callback_routes, render
 from .errors import RequestIdMiddleware, install_error_handlers
 from .openapi import document_error_bodies
 from .operator import operator_routes
@@ -60,6 +61,10 @@ class Tarefa(Engine):
         if max_queued_jobs is not None:
             self.queue_limit.limit = max_queued_jobs
 
+    def render_callback(self, snapshot: bytes) -> bytes:
+        """A callback's body: ``{"event": <event>, "job": <Job as on the wire>}`` (SPEC §10)."""
+        return render(self, snapshot)
+
     def mount(self, app: FastAPI, prefix: str = "/api", *, dashboard: str | None = "/") -> None:
         """Add the job routes at ``{prefix}/jobs``, the SPEC error bodies, the ``request-id``
         header, and start/stop the job layer with the app's lifespan; and the operator's surface:
@@ -70,6 +75,7 @@ class Tarefa(Engine):
         app.include_router(operator_routes(self, prefix.rstrip("/"), dashboard))
         app.include_router(job_routes(self), prefix=self.jobs_href)
         app.include_router(events_routes(self), prefix=prefix.rstrip("/"))
+        app.include_router(callback_routes(self), prefix=self.jobs_href)
         install_error_handlers(app)
         document_error_bodies(app)
         app.add_middleware(RequestIdMiddleware)

@@ -21,7 +21,7 @@ checks each one):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -46,6 +46,7 @@ from .base import (
     apply_outcome,
 )
 from .documents import Documents
+from .outbox import CallbackAttempt, CallbackDelivery, deliveries_for
 from .steps import Program
 
 T = TypeVar("T")
@@ -230,6 +231,39 @@ class JobStore(ABC):
         running job when ``expired_only`` is False). Returns the changed jobs."""
         return await self._write(lambda: _recover(expired_only))
 
+    # -- callbacks (SPEC §10; tarefa.store.outbox) ------------------------------------------------
+
+    async def claim_callbacks(
+        self, worker: str, *, limit: int, lease_seconds: float, recover: bool = False
+    ) -> list[CallbackDelivery]:
+        """Lease up to ``limit`` due deliveries of the outbox to ``worker`` (``recover``: also
+        those leased by a process that is gone, for a store this process owns). No delivery is
+        ever leased to two workers at once."""
+        if limit <= 0:
+            return []
+        now = model.utcnow()
+        until = now + timedelta(seconds=lease_seconds)
+        step = steps.ClaimCallbacks(worker, limit, now, until, recover)
+        claimed: list[CallbackDelivery] = await self._write(lambda: _one(step))
+        return claimed
+
+    async def renew_callback_leases(self, worker: str, delivery_ids: Collection[str], lease_seconds: float) -> None:
+        """Extend the leases ``worker`` holds on deliveries in flight."""
+        if delivery_ids:
+            until = model.utcnow() + timedelta(seconds=lease_seconds)
+            await self._write(lambda: _one(steps.RenewCallbackLeases(worker, tuple(delivery_ids), until)))
+
+    async def record_callback_attempt(self, attempt: CallbackAttempt, next_due: datetime | None) -> None:
+        """Store an attempt; the delivery is due again at ``next_due``, or ends (None)."""
+        await self._write(lambda: _one(steps.RecordCallbackAttempt(attempt, next_due)))
+
+    async def list_callback_attempts(
+        self, job_id: str, *, owner: str | None = None, after: int = 0, limit: int = 100
+    ) -> list[CallbackAttempt] | None:
+        """The attempts of the job's callbacks, oldest first, with ``num > after``; None if the
+        job is unknown or not owned by ``owner``."""
+        return await self._read(lambda: _attempts(job_id, owner, after, limit))
+
     # -- changing ---------------------------------------------------------------------------------
 
     async def cancel_job(self, job_id: str, owner: str | None = None) -> Job | None:
@@ -270,7 +304,9 @@ def _create(
             replay = yield from _replay(job.owner, idempotency)
             if replay is not None:
                 return replay
-        if (yield steps.InsertJob(job, resource_key, idempotency)) is not None:
+        event = yield steps.InsertJob(job, resource_key, idempotency)
+        if event is not None:
+            yield from _queue_callbacks(((job, event),))
             return Created(job, created=True)
         if resource_key is not None:
             holder = yield steps.LoadResourceHolder(resource_key)
@@ -304,13 +340,34 @@ def _all_events(query: EventQuery) -> Program[EventPage]:
     return EventPage(events, covered)
 
 
+def _attempts(job_id: str, owner: str | None, after: int, limit: int) -> Program[list[CallbackAttempt] | None]:
+    if (yield steps.LoadJob(job_id, owner)) is None:
+        return None
+    attempts: list[CallbackAttempt] = yield steps.ListCallbackAttempts(job_id, after, limit)
+    return attempts
+
+
+def _saved(jobs: tuple[Job, ...]) -> Program[list[JobEvent]]:
+    """Save the jobs with their events, and queue the callbacks those events call for."""
+    events: list[JobEvent] = yield steps.SaveJobs(jobs)
+    yield from _queue_callbacks(zip(jobs, events, strict=True))
+    return events
+
+
+def _queue_callbacks(changes: Iterable[tuple[Job, JobEvent]]) -> Program[None]:
+    """The outbox rows of these events, in the transaction that records them (SPEC §10)."""
+    deliveries = deliveries_for(changes, model.utcnow())
+    if deliveries:
+        yield steps.QueueCallbacks(deliveries)
+
+
 def _claim(worker: str, operations: tuple[str, ...], limit: int, lease_seconds: float) -> Program[list[Job]]:
     queued: list[Job] = yield steps.LoadQueued(operations, limit)
     now = model.utcnow()
     expires = now + timedelta(seconds=lease_seconds)
     started = [model.start(job, now=now, worker=worker, lease_expires=expires) for job in queued]
     if started:
-        yield steps.SaveJobs(tuple(started))
+        yield from _saved(tuple(started))
     return started
 
 
@@ -329,7 +386,7 @@ def _change_held(job_id: str, worker: str, transition: Callable[[Job], Job]) -> 
 def _save(job: Job, changed: Job) -> Program[Job]:
     """Save ``changed`` (a transition of ``job``) unless the transition changed nothing."""
     if changed is not job:
-        yield steps.SaveJobs((changed,))
+        yield from _saved((changed,))
     return changed
 
 
@@ -338,7 +395,7 @@ def _lose(load: steps.LoadHeld | steps.LoadLost) -> Program[list[Job]]:
     now = model.utcnow()
     lost = [model.lose(job, now=now) for job in running]
     if lost:
-        yield steps.SaveJobs(tuple(lost))
+        yield from _saved(tuple(lost))
     return lost
 
 

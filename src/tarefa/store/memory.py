@@ -24,6 +24,7 @@ from .base import JobChange, JobQuery, StoreError
 from .columns import Codec, json_bytes
 from .documents import Documents
 from .jobstore import JobStore
+from .outbox import CallbackAttempt, CallbackDelivery
 from .steps import Program, numbered, run
 
 T = TypeVar("T")
@@ -42,6 +43,16 @@ class _Row:
     events: list[JobEvent] = field(default_factory=list)
 
 
+@dataclass
+class _Outbox:
+    """A delivery of the outbox: due at ``due`` while pending (``outcome`` None)."""
+
+    delivery: CallbackDelivery
+    due: datetime
+    lease_owner: str | None = None
+    outcome: str | None = None
+
+
 class MemoryStore(JobStore, Documents):
     """A store in this process's memory (module doc)."""
 
@@ -52,6 +63,9 @@ class MemoryStore(JobStore, Documents):
         self._rows: dict[str, _Row] = {}
         self._documents: dict[tuple[str, str], bytes] = {}
         self._seq = 0
+        self._outbox: dict[str, _Outbox] = {}
+        self._attempts: list[CallbackAttempt] = []
+        self._attempt_num = 0
         self._open = False
         self._undo: list[Callable[[], None]] = []
 
@@ -152,6 +166,23 @@ class MemoryStore(JobStore, Documents):
                 return (1, 1)
             case steps.CountQueued():
                 return sum(1 for job in self._jobs() if job.state is JobState.QUEUED)
+            case steps.QueueCallbacks(deliveries):
+                for delivery in deliveries:
+                    self._set_outbox(delivery.id, _Outbox(delivery, delivery.create_time))
+                return None
+            case steps.ClaimCallbacks(worker, limit, now, lease_until, recover):
+                return self._claim_callbacks(worker, limit, now, lease_until, recover)
+            case steps.RenewCallbackLeases(worker, delivery_ids, lease_until):
+                for delivery_id in delivery_ids:
+                    entry = self._outbox.get(delivery_id)
+                    if entry is not None and entry.outcome is None and entry.lease_owner == worker:
+                        self._set_outbox(delivery_id, dataclasses.replace(entry, due=lease_until))
+                return None
+            case steps.RecordCallbackAttempt(attempt, next_due):
+                self._record_attempt(attempt, next_due)
+                return None
+            case steps.ListCallbackAttempts(job_id, after, limit):
+                return [a for a in self._attempts if a.job_id == job_id and a.num > after][:limit]
         raise AssertionError(f"unknown step {step!r}")
 
     def _insert_documents(self, documents: tuple[tuple[str, str, dict[str, Any]], ...]) -> bool:
@@ -209,6 +240,42 @@ class MemoryStore(JobStore, Documents):
         row = self._rows.pop(job_id, None)
         if row is not None:
             self._undo.append(lambda: self._rows.__setitem__(job_id, row))
+        for delivery_id in [key for key, entry in self._outbox.items() if entry.delivery.job_id == job_id]:
+            self._set_outbox(delivery_id, None)
+        attempts = self._attempts
+        self._attempts = [attempt for attempt in attempts if attempt.job_id != job_id]
+        self._undo.append(lambda: setattr(self, "_attempts", attempts))
+
+    # -- the callback outbox -------------------------------------------------------------------------
+
+    def _set_outbox(self, delivery_id: str, entry: _Outbox | None) -> None:
+        before = self._outbox.get(delivery_id)
+        if entry is None:
+            self._outbox.pop(delivery_id, None)
+        else:
+            self._outbox[delivery_id] = entry
+        self._undo.append(lambda: _put(self._outbox, delivery_id, before))
+
+    def _claim_callbacks(
+        self, worker: str, limit: int, now: datetime, lease_until: datetime, recover: bool
+    ) -> list[CallbackDelivery]:
+        pending = [entry for entry in self._outbox.values() if entry.outcome is None]
+        due = [e for e in pending if e.due <= now or (recover and e.lease_owner is not None)]
+        claimed = sorted(due, key=lambda entry: (entry.due, entry.delivery.id))[:limit]
+        for entry in claimed:
+            self._set_outbox(entry.delivery.id, dataclasses.replace(entry, due=lease_until, lease_owner=worker))
+        return [entry.delivery for entry in claimed]
+
+    def _record_attempt(self, attempt: CallbackAttempt, next_due: datetime | None) -> None:
+        self._attempt_num += 1
+        attempts = self._attempts
+        self._attempts = [*attempts, dataclasses.replace(attempt, num=self._attempt_num)]
+        self._undo.append(lambda: setattr(self, "_attempts", attempts))
+        entry = self._outbox.get(attempt.delivery_id)
+        if entry is not None:
+            delivery = dataclasses.replace(entry.delivery, attempts=entry.delivery.attempts + 1)
+            outcome = None if next_due is not None else attempt.outcome
+            self._set_outbox(delivery.id, _Outbox(delivery, next_due or entry.due, None, outcome))
 
     def _renew(self, worker: str, job_ids: tuple[str, ...], expires: datetime) -> set[str]:
         held: set[str] = set()
@@ -244,6 +311,13 @@ class MemoryStore(JobStore, Documents):
     async def delete_document(self, kind: str, key: str) -> bool:
         self._check_open()
         return self._documents.pop((kind, key), None) is not None
+
+
+def _put(outbox: dict[str, _Outbox], delivery_id: str, entry: _Outbox | None) -> None:
+    if entry is None:
+        outbox.pop(delivery_id, None)
+    else:
+        outbox[delivery_id] = entry
 
 
 def _forget_document(documents: dict[tuple[str, str], bytes], key: tuple[str, str]) -> None:

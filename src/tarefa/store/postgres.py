@@ -56,6 +56,7 @@ from .base import Idempotency, JobChange, SchemaTooNew, StoreError, StoreUnavail
 from .columns import NAMES, Codec, json_text
 from .documents import Documents
 from .jobstore import JobStore
+from .outbox import CallbackAttempt, CallbackDelivery
 from .postgres_batch import Cursor, GroupCommit, replace_broken_connections, store_error
 from .postgres_listen import ChangeFeed, Connection, encode_changes
 from .steps import Program, numbered, run_async
@@ -321,10 +322,13 @@ class PgSteps:
                 return await self._save(jobs)
             case steps.DeleteJob(job_id):
                 await self.cursor.execute(q.DELETE_JOB, {"id": job_id, "now": utcnow()})
+                await self.cursor.execute(q.DELETE_CALLBACKS, {"ids": [job_id]})
                 return None
             case steps.PurgeJobs(ended_before, limit):
                 params = {"ended_before": ended_before, "batch": limit, "now": utcnow()}
                 ids = [row["id"] for row in await self._rows(q.PURGE_JOBS, params)]
+                if ids:
+                    await self.cursor.execute(q.DELETE_CALLBACKS, {"ids": ids})
                 await self.cursor.execute(q.FORGET_DELETED_JOBS, {"before": utcnow() - DELETED_IDS_RETENTION})
                 return ids
             case steps.RenewLeases(worker, job_ids, expires):
@@ -351,6 +355,26 @@ class PgSteps:
             case steps.CountQueued():
                 row = await self._row(q.COUNT_QUEUED, {})
                 return 0 if row is None else row["count"]
+            case steps.QueueCallbacks(deliveries):
+                columns = ("id", "job_id", "seq", "url", "body", "create_time", "attempts")
+                params = {name: [getattr(d, name) for d in deliveries] for name in columns}
+                await self.cursor.execute(q.INSERT_DELIVERIES, params)
+                return None
+            case steps.ClaimCallbacks(worker, limit, now, lease_until, recover):
+                params = {"worker": worker, "limit": limit, "now": now, "lease_until": lease_until, "recover": recover}
+                return [_row_to_delivery(row) for row in await self._rows(q.CLAIM_DELIVERIES, params)]
+            case steps.RenewCallbackLeases(worker, delivery_ids, lease_until):
+                params = {"worker": worker, "ids": list(delivery_ids), "lease_until": lease_until}
+                await self.cursor.execute(q.RENEW_DELIVERIES, params)
+                return None
+            case steps.RecordCallbackAttempt(attempt, next_due):
+                final = None if next_due is not None else attempt.outcome
+                params = {**_attempt_params(attempt), "next_due": next_due, "final": final}
+                await self.cursor.execute(q.RECORD_ATTEMPT, params)
+                return None
+            case steps.ListCallbackAttempts(job_id, after, limit):
+                rows = await self._rows(q.SELECT_ATTEMPTS, {"id": job_id, "after": after, "limit": limit})
+                return [_row_to_attempt(row) for row in rows]
         raise AssertionError(f"unknown step {step!r}")
 
     async def _settled_seq(self) -> int:
@@ -484,6 +508,25 @@ def _row_to_event(row: DictRow) -> JobEvent:
     return JobEvent(
         row["seq"], row["job_id"], _utc(row["time"]), JobState(row["state"]), row["message"], row["progress"],
         error, row["operation"], row["owner"],
+    )  # fmt: skip
+
+
+def _row_to_delivery(row: DictRow) -> CallbackDelivery:
+    return CallbackDelivery(
+        row["id"], row["job_id"], row["seq"], row["url"], bytes(row["body"]), _utc(row["create_time"]),
+        row["attempts"],
+    )  # fmt: skip
+
+
+def _attempt_params(attempt: CallbackAttempt) -> dict[str, Any]:
+    names = ("delivery_id", "job_id", "seq", "url", "time", "duration", "status", "error", "outcome")
+    return {name: getattr(attempt, name) for name in names}
+
+
+def _row_to_attempt(row: DictRow) -> CallbackAttempt:
+    return CallbackAttempt(
+        row["delivery_id"], row["job_id"], row["seq"], row["url"], _utc(row["time"]), row["duration"], row["status"],
+        row["error"], row["outcome"], row["num"],
     )  # fmt: skip
 
 

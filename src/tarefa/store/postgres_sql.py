@@ -93,6 +93,37 @@ MIGRATIONS: list[str] = [
         SELECT id, last_modified, state, message, progress, error_code, error_message, operation, owner
         FROM tarefa_jobs ORDER BY last_modified, id;
     """,
+    # 3: callbacks (SPEC §10): the subscription on the job, the outbox, and every attempt.
+    """
+    ALTER TABLE tarefa_jobs ADD COLUMN callback jsonb;
+    CREATE TABLE tarefa_callback_outbox (
+        id          text COLLATE "C" PRIMARY KEY,
+        job_id      text COLLATE "C" NOT NULL,
+        seq         bigint NOT NULL,
+        url         text NOT NULL,
+        body        bytea NOT NULL,
+        create_time timestamptz NOT NULL,
+        attempts    integer NOT NULL DEFAULT 0,
+        due         timestamptz NOT NULL,
+        lease_owner text,
+        outcome     text
+    );
+    CREATE INDEX tarefa_callback_outbox_due ON tarefa_callback_outbox (due) WHERE outcome IS NULL;
+    CREATE INDEX tarefa_callback_outbox_by_job ON tarefa_callback_outbox (job_id);
+    CREATE TABLE tarefa_callback_attempts (
+        num         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        delivery_id text COLLATE "C" NOT NULL,
+        job_id      text COLLATE "C" NOT NULL,
+        seq         bigint NOT NULL,
+        url         text NOT NULL,
+        time        timestamptz NOT NULL,
+        duration    double precision NOT NULL,
+        status      integer,
+        error       text,
+        outcome     text NOT NULL
+    );
+    CREATE INDEX tarefa_callback_attempts_by_job ON tarefa_callback_attempts (job_id, num);
+    """,
 ]
 
 # -- schema version -------------------------------------------------------------------------------
@@ -305,6 +336,56 @@ PURGE_JOBS = """
     INSERT INTO tarefa_deleted_jobs (id, deleted_at) SELECT id, %(now)s FROM gone
     ON CONFLICT (id) DO UPDATE SET deleted_at = excluded.deleted_at
     RETURNING id
+"""
+
+# -- the callback outbox (tarefa.store.outbox) ---------------------------------------------------
+
+_DELIVERY_COLUMNS = "id, job_id, seq, url, body, create_time, attempts"
+
+INSERT_DELIVERIES = f"""
+    INSERT INTO tarefa_callback_outbox ({_DELIVERY_COLUMNS}, due)
+    SELECT *, given.create_time FROM unnest(
+        %(id)s::text[], %(job_id)s::text[], %(seq)s::bigint[], %(url)s::text[], %(body)s::bytea[],
+        %(create_time)s::timestamptz[], %(attempts)s::integer[]
+    ) AS given (id, job_id, seq, url, body, create_time, attempts)
+"""
+
+# Workers of every process claim at once: each skips the rows another one is claiming.
+CLAIM_DELIVERIES = f"""
+    UPDATE tarefa_callback_outbox SET due = %(lease_until)s, lease_owner = %(worker)s
+    WHERE id IN (
+        SELECT id FROM tarefa_callback_outbox
+        WHERE outcome IS NULL AND (due <= %(now)s OR (%(recover)s AND lease_owner IS NOT NULL))
+        ORDER BY due, id LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING {_DELIVERY_COLUMNS}
+"""
+
+RENEW_DELIVERIES = """
+    UPDATE tarefa_callback_outbox SET due = %(lease_until)s
+    WHERE id = ANY(%(ids)s) AND outcome IS NULL AND lease_owner = %(worker)s
+"""
+
+RECORD_ATTEMPT = """
+    WITH attempt AS (
+        INSERT INTO tarefa_callback_attempts (delivery_id, job_id, seq, url, time, duration, status, error, outcome)
+        VALUES (%(delivery_id)s, %(job_id)s, %(seq)s, %(url)s, %(time)s, %(duration)s, %(status)s, %(error)s,
+            %(outcome)s)
+    )
+    UPDATE tarefa_callback_outbox
+    SET attempts = attempts + 1, lease_owner = NULL, due = coalesce(%(next_due)s, due), outcome = %(final)s
+    WHERE id = %(delivery_id)s
+"""
+
+SELECT_ATTEMPTS = """
+    SELECT num, delivery_id, job_id, seq, url, time, duration, status, error, outcome FROM tarefa_callback_attempts
+    WHERE job_id = %(id)s AND num > %(after)s ORDER BY num LIMIT %(limit)s
+"""
+
+DELETE_CALLBACKS = """
+    WITH outbox AS (DELETE FROM tarefa_callback_outbox WHERE job_id = ANY(%(ids)s))
+    DELETE FROM tarefa_callback_attempts WHERE job_id = ANY(%(ids)s)
 """
 
 FORGET_DELETED_JOBS = "DELETE FROM tarefa_deleted_jobs WHERE deleted_at < %(before)s"

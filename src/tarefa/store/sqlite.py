@@ -28,6 +28,7 @@ from .base import EventQuery, JobChange, JobQuery, SchemaTooNew, StoreError
 from .columns import MUTABLE_COLUMNS, Codec, json_text
 from .documents import Documents
 from .jobstore import JobStore
+from .outbox import CallbackAttempt, CallbackDelivery
 from .sqlite_connection import ConnectionThread, Work
 from .steps import Program, numbered, run
 
@@ -56,6 +57,22 @@ def _event_row(row: Sequence[Any]) -> JobEvent:
     error = None if row[6] is None else JobError(row[6], row[7] or "")
     return JobEvent(
         row[0], row[1], model.from_microseconds(row[2]), JobState(row[3]), row[4], row[5], error, row[8], row[9]
+    )
+
+
+def _delivery_values(delivery: CallbackDelivery) -> tuple[Any, ...]:
+    d = delivery
+    return (d.id, d.job_id, d.seq, d.url, d.body, to_us(d.create_time), d.attempts)
+
+
+def _delivery_row(row: Sequence[Any]) -> CallbackDelivery:
+    return CallbackDelivery(row[0], row[1], row[2], row[3], bytes(row[4]), model.from_microseconds(row[5]), row[6])
+
+
+def _attempt_row(row: Sequence[Any]) -> CallbackAttempt:
+    num, delivery_id, job_id, seq, url, time, duration, status, error, outcome = row
+    return CallbackAttempt(
+        delivery_id, job_id, seq, url, model.from_microseconds(time), duration, status, error, outcome, num
     )
 
 
@@ -132,11 +149,11 @@ class Steps:
                 return [self._save(job) for job in jobs]
             case steps.DeleteJob(job_id):
                 self.conn.execute(sql.DELETE_JOB, (job_id,))
-                self.conn.execute(sql.DELETE_EVENTS, (_ids([job_id]),))
+                self._forget_histories([job_id])
                 return None
             case steps.PurgeJobs(ended_before, limit):
                 ids = [row[0] for row in self.conn.execute(sql.PURGE_JOBS, (to_us(ended_before), limit)).fetchall()]
-                self.conn.execute(sql.DELETE_EVENTS, (_ids(ids),))
+                self._forget_histories(ids)
                 return ids
             case steps.RenewLeases(worker, job_ids, expires):
                 rows = self.conn.execute(sql.RENEW_LEASES, (to_us(expires), worker, _ids(job_ids))).fetchall()
@@ -158,7 +175,36 @@ class Steps:
                 return int(self.conn.execute("PRAGMA user_version").fetchone()[0]), len(sql.MIGRATIONS)
             case steps.CountQueued():
                 return self.conn.execute(sql.COUNT_QUEUED).fetchone()[0]
+            case steps.QueueCallbacks(deliveries):
+                rows = [(*_delivery_values(d), to_us(d.create_time)) for d in deliveries]
+                self.conn.executemany(sql.INSERT_DELIVERY, rows)
+                return None
+            case steps.ClaimCallbacks(worker, limit, now, lease_until, recover):
+                params = (to_us(lease_until), worker, to_us(now), int(recover), limit)
+                return [_delivery_row(row) for row in self.conn.execute(sql.CLAIM_DELIVERIES, params).fetchall()]
+            case steps.RenewCallbackLeases(worker, delivery_ids, lease_until):
+                self.conn.execute(sql.RENEW_DELIVERIES, (to_us(lease_until), worker, _ids(delivery_ids)))
+                return None
+            case steps.RecordCallbackAttempt(attempt, next_due):
+                self._record_attempt(attempt, next_due)
+                return None
+            case steps.ListCallbackAttempts(job_id, after, limit):
+                return [_attempt_row(row) for row in self.conn.execute(sql.SELECT_ATTEMPTS, (job_id, after, limit))]
         raise AssertionError(f"unknown step {step!r}")
+
+    def _forget_histories(self, job_ids: Sequence[str]) -> None:
+        """Delete the events and callbacks of deleted jobs."""
+        for statement in (sql.DELETE_EVENTS, *sql.DELETE_CALLBACKS):
+            self.conn.execute(statement, (_ids(job_ids),))
+
+    def _record_attempt(self, attempt: CallbackAttempt, next_due: datetime | None) -> None:
+        a = attempt
+        self.conn.execute(
+            sql.INSERT_ATTEMPT,
+            (a.delivery_id, a.job_id, a.seq, a.url, to_us(a.time), a.duration, a.status, a.error, a.outcome),
+        )
+        outcome = None if next_due is not None else a.outcome
+        self.conn.execute(sql.FINISH_ATTEMPT, (to_us(next_due), outcome, a.delivery_id))
 
     def _one(self, statement: str, params: Sequence[Any]) -> Job | None:
         row = self.conn.execute(statement, params).fetchone()

@@ -71,6 +71,37 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT id, last_modified, state, message, progress, error_code, error_message, operation, owner
         FROM jobs ORDER BY last_modified, id;
     """,
+    # 3: callbacks (SPEC §10): the subscription on the job, the outbox, and every attempt.
+    """
+    ALTER TABLE jobs ADD COLUMN callback TEXT;
+    CREATE TABLE callback_outbox (
+        id          TEXT PRIMARY KEY,
+        job_id      TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        url         TEXT NOT NULL,
+        body        BLOB NOT NULL,
+        create_time INTEGER NOT NULL,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        due         INTEGER NOT NULL,
+        lease_owner TEXT,
+        outcome     TEXT
+    );
+    CREATE INDEX callback_outbox_due ON callback_outbox (due) WHERE outcome IS NULL;
+    CREATE INDEX callback_outbox_by_job ON callback_outbox (job_id);
+    CREATE TABLE callback_attempts (
+        num         INTEGER PRIMARY KEY AUTOINCREMENT,
+        delivery_id TEXT NOT NULL,
+        job_id      TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        url         TEXT NOT NULL,
+        time        INTEGER NOT NULL,
+        duration    REAL NOT NULL,
+        status      INTEGER,
+        error       TEXT,
+        outcome     TEXT NOT NULL
+    );
+    CREATE INDEX callback_attempts_by_job ON callback_attempts (job_id, num);
+    """,
 )
 
 JOB_COLUMNS = ", ".join(NAMES)
@@ -156,6 +187,49 @@ PURGE_JOBS = """
     )
     RETURNING id
 """
+
+# -- the callback outbox (tarefa.store.outbox) ---------------------------------------------------
+
+DELIVERY_COLUMNS = "id, job_id, seq, url, body, create_time, attempts"
+
+INSERT_DELIVERY = f"INSERT INTO callback_outbox ({DELIVERY_COLUMNS}, due) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+
+# One process owns the file: the writer thread runs one claim at a time, nothing to skip.
+CLAIM_DELIVERIES = f"""
+    UPDATE callback_outbox SET due = ?, lease_owner = ?
+    WHERE id IN (
+        SELECT id FROM callback_outbox
+        WHERE outcome IS NULL AND (due <= ? OR (? AND lease_owner IS NOT NULL))
+        ORDER BY due, id LIMIT ?
+    )
+    RETURNING {DELIVERY_COLUMNS}
+"""
+
+RENEW_DELIVERIES = """
+    UPDATE callback_outbox SET due = ?
+    WHERE outcome IS NULL AND lease_owner = ? AND id IN (SELECT value FROM json_each(?))
+"""
+
+INSERT_ATTEMPT = """
+    INSERT INTO callback_attempts (delivery_id, job_id, seq, url, time, duration, status, error, outcome)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+# due: the next attempt's time (pending) or left as it was (ended); never leased after an attempt.
+FINISH_ATTEMPT = """
+    UPDATE callback_outbox SET attempts = attempts + 1, lease_owner = NULL, due = coalesce(?, due), outcome = ?
+    WHERE id = ?
+"""
+
+SELECT_ATTEMPTS = """
+    SELECT num, delivery_id, job_id, seq, url, time, duration, status, error, outcome FROM callback_attempts
+    WHERE job_id = ? AND num > ? ORDER BY num LIMIT ?
+"""
+
+DELETE_CALLBACKS = (
+    "DELETE FROM callback_outbox WHERE job_id IN (SELECT value FROM json_each(?))",
+    "DELETE FROM callback_attempts WHERE job_id IN (SELECT value FROM json_each(?))",
+)
 
 PUT_DOCUMENT = "INSERT OR REPLACE INTO resources (kind, key, data) VALUES (?, ?, ?)"
 PUT_DOCUMENT_IF_ABSENT = "INSERT OR IGNORE INTO resources (kind, key, data) VALUES (?, ?, ?)"

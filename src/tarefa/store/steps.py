@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from ..model import Job, JobEvent
 from .base import EventQuery, Idempotency, JobChange, JobQuery
+from .outbox import CallbackAttempt, CallbackDelivery
 
 T = TypeVar("T")
 
@@ -197,10 +198,60 @@ class CountQueued:
     """→ ``int``: how many jobs are queued in the store (an indexed count)."""
 
 
+@dataclass(frozen=True, slots=True)
+class QueueCallbacks:
+    """→ None: add these deliveries to the callback outbox (:mod:`tarefa.store.outbox`)."""
+
+    deliveries: tuple[CallbackDelivery, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimCallbacks:
+    """→ ``list[CallbackDelivery]``: up to ``limit`` pending deliveries due at ``now``, oldest due
+    first, that no one else is claiming, now leased to ``worker`` until ``lease_until``. With
+    ``recover``, deliveries leased to anyone count as due (a store one process owns, at start)."""
+
+    worker: str
+    limit: int
+    now: datetime
+    lease_until: datetime
+    recover: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RenewCallbackLeases:
+    """→ None: extend to ``lease_until`` the leases ``worker`` holds on these pending deliveries."""
+
+    worker: str
+    delivery_ids: tuple[str, ...]
+    lease_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RecordCallbackAttempt:
+    """→ None: store the attempt; its delivery is due again at ``next_due`` (and no longer
+    leased), or ends with the attempt's outcome when ``next_due`` is None."""
+
+    attempt: CallbackAttempt
+    next_due: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListCallbackAttempts:
+    """→ ``list[CallbackAttempt]``: up to ``limit`` attempts of the job's callbacks with
+    ``num > after``, oldest first."""
+
+    job_id: str
+    after: int
+    limit: int
+
+
 Step = (
     LoadJob | LoadQueued | LoadHeld | LoadLost | LoadIdempotent | LoadResourceHolder | LoadDocument
     | InsertDocuments | InsertJob | SaveJobs | DeleteJob | PurgeJobs | RenewLeases | SetAnswerStatus | ListJobs
     | ListEvents | SettledSeq | ListAllEvents | CountJobs | ReadSchemaVersion | CountQueued
+    | ListEvents | CountJobs | ReadSchemaVersion | CountQueued
+    | QueueCallbacks | ClaimCallbacks | RenewCallbackLeases | RecordCallbackAttempt | ListCallbackAttempts
 )  # fmt: skip
 
 #: A rule: yields steps, is sent their results, returns its value.

@@ -197,10 +197,15 @@ async def test_postgres_live_and_resumed_streams_of_every_job_under_concurrent_w
     url = f"{postgres_url}?pool_size=4"
     async with engine_on(url) as reader, engine_on(url) as second, engine_on(url) as third:
         live = Collector(await reader.streams.follow_all(ANYONE, EventQuery()))
+        followed: dict[str, Collector] = {}
 
         async def write(store: JobStore, n: int) -> None:
-            for _ in range(n):
+            for i in range(n):
                 job = await create(store, operation=f"op{id(store) % 7}")
+                if i % 4 == 0:  # a job's stream, in the reading process, as its job changes elsewhere
+                    stream = await reader.streams.follow_job(ANYONE, job.id)
+                    assert stream is not None
+                    followed[job.id] = Collector(stream)
                 await store.cancel_job(job.id)
 
         writers = [write(engine.store, 40) for engine in (reader, second, third) for _ in range(4)]
@@ -212,3 +217,7 @@ async def test_postgres_live_and_resumed_streams_of_every_job_under_concurrent_w
         missed = sorted({e.seq for e in every} - {e.seq for e in live.events})
         assert not missed, (missed, len(live.events), [e for e in every if e.seq in missed][:3])
         assert [e.seq for e in live.events] == [e.seq for e in every]
+        for job_id, collector in followed.items():  # each ends after its terminal event
+            with anyio.fail_after(10):
+                await collector.ended.wait()
+            assert collector.events == await reader.store.list_events(job_id)

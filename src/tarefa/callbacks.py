@@ -371,7 +371,10 @@ class CallbackSender:
         except CallbackRejected as exc:
             error, outcome = str(exc), REFUSED if exc.code == "callback_url_refused" else FAILED
         except (httpx.HTTPError, OSError, TimeoutError) as exc:
-            error = f"{type(exc).__name__}: {exc}".rstrip(": ") or type(exc).__name__
+            error = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        except Exception as exc:  # a fault of ours: recorded and retried like any failure, and logged
+            log.exception("callback %s of job %s: unexpected error", delivery.id, delivery.job_id)
+            error = f"{type(exc).__name__}: {exc}".rstrip(": ")
         duration = time.monotonic() - clock
         return CallbackAttempt(
             delivery.id, delivery.job_id, delivery.seq, delivery.url, started, duration, status, error, outcome

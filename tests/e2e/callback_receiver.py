@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -103,8 +102,3 @@ class Receiver:
             event.set()
         self._server.shutdown()
         self._server.server_close()
-
-
-def receiving() -> Iterator[Receiver]:
-    with Receiver() as receiver:
-        yield receiver

@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Depends, Header, Query, Request
 from starlette.responses import Response
 
+from ..callbacks import MAX_URL_LENGTH
 from ..jobs import Viewer
 from ..model import Job
 from ..store import Idempotency, IdempotencyMismatch, Precondition, ResourceBusy, StoreError
+from ..store.outbox import EVENTS
 from ..values import UnstorableValue
 from .access import SIGNED_IN, Viewing
-from .callbacks import CALLBACK_EVENTS, CALLBACK_URL, callback_of
+from .callbacks import CALLBACK_EVENTS, CALLBACK_URL, CALLBACK_URL_FORM, callback_of
 from .errors import ApiError
 from .params import ASCII_DIGITS, IDEMPOTENCY_KEY_FORM, idempotency_key_from
 from .wire import ErrorBody, JobEnvelope, job_headers, job_to_wire, json_response
@@ -184,12 +186,18 @@ async def _async_call(
         Header(
             alias=CALLBACK_URL,
             description="POST the job's end (every event with Callback-Events: all) to this http(s) URL, signed "
-            "as Standard Webhooks says (docs/callbacks.md)",
+            "as Standard Webhooks says (docs/callbacks.md). Its host must resolve to public addresses (or to "
+            "networks the server allows), and the server must have a signing secret: else 400",
+            json_schema_extra={"pattern": CALLBACK_URL_FORM, "maxLength": MAX_URL_LENGTH},
         ),
     ] = None,
     _callback_events: Annotated[
         str | None,
-        Header(alias=CALLBACK_EVENTS, description="all: every event; terminal (the default): the job's end only"),
+        Header(
+            alias=CALLBACK_EVENTS,
+            description="all: every event; terminal (the default): the job's end only",
+            json_schema_extra={"enum": list(EVENTS)},
+        ),
     ] = None,
 ) -> JobStarter:
     engine = getattr(request.app.state, "tarefa", None)

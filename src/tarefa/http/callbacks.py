@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from .mount import Tarefa
 
 CALLBACK_URL, CALLBACK_EVENTS = "Callback-URL", "Callback-Events"
+#: The documented form of a Callback-URL (what the server checks beyond it: docs/callbacks.md).
+CALLBACK_URL_FORM = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s@]+([/?#]\S*)?$"
 
 
 async def callback_of(request: Request, settings: CallbackSettings) -> dict[str, str] | None:

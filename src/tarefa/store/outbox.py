@@ -20,6 +20,7 @@ from ..model import WIRE_FIELDS, Job, JobError, JobEvent, JobState, parse_timest
 
 #: ``Callback-Events`` values: every event, or only the job's end (the default).
 ALL_EVENTS, TERMINAL_EVENTS = "all", "terminal"
+EVENTS = (ALL_EVENTS, TERMINAL_EVENTS)
 #: The outcomes of an attempt; all but ``failed`` end the delivery.
 DELIVERED, FAILED, GONE, EXPIRED, REFUSED = "delivered", "failed", "gone", "expired", "refused"
 OUTCOMES = (DELIVERED, FAILED, GONE, EXPIRED, REFUSED)

@@ -20,6 +20,7 @@ from .metrics import Metrics
 from .operations import OperationRegistry
 from .runner import Runner
 from .store import DocumentKind, JobStore, StoreError, open_store
+from .streams import EventStreams
 from .waiting import ChangeHub
 
 log = logging.getLogger("tarefa")
@@ -56,6 +57,7 @@ class Engine:
         self._store_spec: str | JobStore = store or os.environ.get("TAREFA_STORE") or DEFAULT_STORE
         self._store: JobStore | None = None
         self.jobs = Jobs(lambda: self.store, self.operations, self.hub)
+        self.streams = EventStreams(lambda: self.store, self.jobs)
         self.metrics = Metrics(lambda: self.store.count_jobs(), lambda: self.hub.waiting)
         self.hub.on_wakeup = self.metrics.long_poll_woken
         self._runner: Runner | None = None
@@ -128,6 +130,8 @@ class Engine:
         """Open the store, recover what a crash left, start the workers and the purge."""
         store = self.build_store()
         store.add_listener(self.hub.publish)
+        store.add_listener(self.streams.publish)
+        self.streams.reopen()
         await store.open()
         self._store = store
         self._runner = Runner(
@@ -137,8 +141,9 @@ class Engine:
         self._background = [asyncio.create_task(self._purge_loop(), name="tarefa-purge")]
 
     def begin_shutdown(self) -> None:
-        """First step of a graceful stop: answer long polls now, take no new jobs."""
+        """First step of a graceful stop: answer long polls and end streams now, take no new jobs."""
         self.hub.close()
+        self.streams.close()
         if self._runner is not None:
             self._runner.stop_accepting()
 

@@ -20,6 +20,7 @@ from tarefa.model import Job, JobError, JobEvent, JobState, new_job, utcnow
 from tarefa.store import (
     Created,
     DocumentKind,
+    EventQuery,
     Idempotency,
     IdempotencyMismatch,
     JobAlreadyTerminal,
@@ -575,6 +576,31 @@ async def test_history_is_purged_with_its_job(store: Store) -> None:
     assert await store.purge_jobs(utcnow() + timedelta(seconds=1)) == 1
     assert await store.list_events(done.id) is None
     assert [event.job_id for event in await store.list_events(kept.id) or []] == [kept.id]
+
+
+async def test_events_of_every_job_page_by_seq_with_filters_and_owner(store: Store) -> None:
+    a = await finished_one(store, operation="a")
+    b = await create(store, operation="b", owner="bob")
+    c = await start_one(store, operation="c")
+    every = sorted([e for job in (a, b, c) for e in await store.list_events(job.id) or []], key=lambda event: event.seq)
+    page = await store.list_all_events(EventQuery())
+    assert page.events == every and page.covered == every[-1].seq
+    first = await store.list_all_events(EventQuery(limit=2))
+    assert first.events == every[:2] and first.covered == every[1].seq
+    rest = await store.list_all_events(EventQuery(after=first.covered))
+    assert rest.events == every[2:]
+    assert (await store.list_all_events(EventQuery(owner="bob"))).events == [e for e in every if e.job_id == b.id]
+    alice = await store.list_all_events(EventQuery(owner="alice", states=frozenset({JobState.RUNNING})))
+    assert [(e.job_id, e.state) for e in alice.events] == [(a.id, JobState.RUNNING), (c.id, JobState.RUNNING)]
+    assert alice.covered == every[-1].seq  # what lies beyond the last match matched no filter
+    assert [e.job_id for e in (await store.list_all_events(EventQuery(operation="c"))).events] == [c.id, c.id]
+    assert (await store.list_all_events(EventQuery(operation="nope"))).events == []
+    done = await store.list_all_events(EventQuery(after=every[-1].seq))
+    assert done.events == [] and done.covered == every[-1].seq
+    beyond = await store.list_all_events(EventQuery(after=every[-1].seq + 100))
+    assert beyond.events == [] and beyond.covered == every[-1].seq + 100
+    assert await store.delete_job(a.id)
+    assert a.id not in {e.job_id for e in (await store.list_all_events(EventQuery())).events}
 
 
 async def test_a_raising_listener_neither_blocks_nor_loses_a_write(store: Store, listen: Listen) -> None:

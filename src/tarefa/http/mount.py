@@ -17,6 +17,7 @@ from .openapi import document_error_bodies
 from .operator import operator_routes
 from .quotas import DEFAULT_MAX_QUEUED_JOBS, DEFAULT_MAX_WAITING_PER_USER, QueueLimit, WaitingLimit
 from .routes import job_routes
+from .streams import events_routes
 
 
 class Tarefa(Engine):
@@ -68,6 +69,7 @@ class Tarefa(Engine):
         app.state.tarefa = self
         app.include_router(operator_routes(self, prefix.rstrip("/"), dashboard))
         app.include_router(job_routes(self), prefix=self.jobs_href)
+        app.include_router(events_routes(self), prefix=prefix.rstrip("/"))
         install_error_handlers(app)
         document_error_bodies(app)
         app.add_middleware(RequestIdMiddleware)

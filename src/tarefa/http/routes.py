@@ -32,6 +32,8 @@ from .params import (
     parse_order,
     parse_states,
 )
+from .streams import STREAM_RESPONSE as STREAM
+from .streams import job_event_stream, wants_stream
 from .wire import (
     ErrorBody,
     EventList,
@@ -120,13 +122,18 @@ def job_routes(engine: Tarefa) -> APIRouter:
             headers=job_headers(job, retry_after=retry_after),
         )
 
-    @router.get("/{job_id}/events", response_model=EventList, summary="Read a job's history")
+    @router.get(
+        "/{job_id}/events", response_model=EventList, summary="Read (or stream) a job's history", responses=STREAM
+    )
     async def job_events(
         request: Request,
         job_id: str,
         after: After = 0,
         max_records: MaxRecords = 100,
     ) -> Response:
+        if wants_stream(request):
+            with _translated(job_id):
+                return await job_event_stream(engine, request, job_id, after)
         with _translated(job_id):
             events = await jobs.history(await viewer_of(request), job_id, after=after, limit=max_records + 1)
         page = events[:max_records]

@@ -15,6 +15,8 @@ from urllib.parse import parse_qsl, urlsplit
 from .base import (
     ChangeListener,
     Created,
+    EventPage,
+    EventQuery,
     Idempotency,
     IdempotencyMismatch,
     JobAlreadyTerminal,
@@ -37,6 +39,8 @@ __all__ = [
     "Created",
     "DocumentKind",
     "Documents",
+    "EventPage",
+    "EventQuery",
     "Idempotency",
     "IdempotencyMismatch",
     "InvalidStoreURL",

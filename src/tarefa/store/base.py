@@ -123,6 +123,36 @@ class JobQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class EventQuery:
+    """A page of the events of every job (``GET /api/events``), oldest first, ``seq > after``."""
+
+    owner: str | None = None  # None: every owner's jobs
+    states: frozenset[JobState] = frozenset()  # the event's state; empty: any
+    operation: str | None = None
+    after: int = 0
+    limit: int = 100
+
+    def shows(self, event: JobEvent) -> bool:
+        """True if the event is one this query asks for (whatever its ``seq``)."""
+        return (
+            (self.owner is None or event.owner == self.owner)
+            and (not self.states or event.state in self.states)
+            and (self.operation is None or event.operation == self.operation)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """What :meth:`JobStore.list_all_events` found: the events, and ``covered``: the ``seq`` up
+    to which the store holds no other event the query shows, now or ever (every transaction that
+    could still commit one below it has ended). A reader resumes after ``covered``, not after
+    the last event: what lies between matched no filter."""
+
+    events: list[JobEvent]
+    covered: int
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """How a running job ended: ``result`` on success, ``error`` on failure."""
 

@@ -31,6 +31,8 @@ from . import steps
 from .base import (
     ChangeListener,
     Created,
+    EventPage,
+    EventQuery,
     Idempotency,
     IdempotencyMismatch,
     JobAlreadyTerminal,
@@ -155,6 +157,13 @@ class JobStore(ABC):
         """The job's history, oldest first: up to ``limit`` events with ``seq > after``; None if
         the job is unknown or not owned by ``owner``."""
         return await self._read(lambda: _history(job_id, owner, after, limit))
+
+    async def list_all_events(self, query: EventQuery) -> EventPage:
+        """The events of every job ``query`` shows, oldest first, ``seq > query.after``: never
+        one that a transaction still in flight could later commit below one returned, so that
+        a reader resuming after :attr:`EventPage.covered` misses nothing and repeats nothing,
+        on a store whose concurrent transactions commit out of ``seq`` order too."""
+        return await self._read(lambda: _all_events(query))
 
     async def count_jobs(self) -> dict[tuple[str, str], int]:
         """How many jobs the store holds per ``(state, operation)``, in one query."""
@@ -284,6 +293,15 @@ def _history(job_id: str, owner: str | None, after: int, limit: int) -> Program[
         return None
     events: list[JobEvent] = yield steps.ListEvents(job_id, after, limit)
     return events
+
+
+def _all_events(query: EventQuery) -> Program[EventPage]:
+    settled: int = yield steps.SettledSeq()
+    if settled <= query.after or query.limit <= 0:  # limit 0: only how far the store is settled
+        return EventPage([], max(settled, query.after))
+    events: list[JobEvent] = yield steps.ListAllEvents(query, settled)
+    covered = events[-1].seq if len(events) >= query.limit else settled
+    return EventPage(events, covered)
 
 
 def _claim(worker: str, operations: tuple[str, ...], limit: int, lease_seconds: float) -> Program[list[Job]]:

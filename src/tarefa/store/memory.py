@@ -141,6 +141,11 @@ class MemoryStore(JobStore, Documents):
                 row = self._rows.get(job_id)
                 events = row.events if row is not None else []
                 return [event for event in events if event.seq > after][:limit]
+            case steps.SettledSeq():
+                return self._seq  # one writer, on the loop: every seq given is committed or undone
+            case steps.ListAllEvents(query, upto):
+                found = [e for row in self._rows.values() for e in row.events if query.after < e.seq <= upto]
+                return sorted((e for e in found if query.shows(e)), key=lambda e: e.seq)[: query.limit]
             case steps.CountJobs():
                 return dict(Counter((job.state.value, job.operation) for job in self._jobs()))
             case steps.ReadSchemaVersion():

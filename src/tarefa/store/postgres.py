@@ -52,7 +52,7 @@ from psycopg_pool import AsyncConnectionPool
 from ..model import Job, JobError, JobEvent, JobState, event_of, utcnow
 from . import InvalidStoreURL, steps
 from . import postgres_sql as q
-from .base import Idempotency, JobChange, SchemaTooNew, StoreError
+from .base import Idempotency, JobChange, SchemaTooNew, StoreError, StoreUnavailable
 from .columns import NAMES, Codec, json_text
 from .documents import Documents
 from .jobstore import JobStore
@@ -275,6 +275,10 @@ class PostgresStore(JobStore, Documents):
         return [JobChange(job.id, job) for job in jobs] + [JobChange(row["id"], None) for row in deleted]
 
 
+#: How long :class:`~tarefa.store.steps.SettledSeq` waits for transactions in flight (seconds).
+SETTLE_TIMEOUT = 30.0
+
+
 class PgSteps:
     """How PostgreSQL does each step of a job rule, on one cursor. In a write (``locking``), the
     jobs a step loads stay locked until the transaction ends."""
@@ -334,6 +338,10 @@ class PgSteps:
             case steps.ListEvents(job_id, after, limit):
                 rows = await self._rows(q.SELECT_EVENTS, {"id": job_id, "after": after, "limit": limit})
                 return [_row_to_event(row) for row in rows]
+            case steps.SettledSeq():
+                return await self._settled_seq()
+            case steps.ListAllEvents(query, upto):
+                return [_row_to_event(row) for row in await self._rows(*q.all_events(query, upto))]
             case steps.CountJobs():
                 rows = await self._rows(q.COUNT_JOBS, {})
                 return {(row["state"], row["operation"]): row["n"] for row in rows}
@@ -344,6 +352,31 @@ class PgSteps:
                 row = await self._row(q.COUNT_QUEUED, {})
                 return 0 if row is None else row["count"]
         raise AssertionError(f"unknown step {step!r}")
+
+    async def _settled_seq(self) -> int:
+        """The highest ``seq`` stored, once every transaction in progress as it was read has
+        ended. Identity values are given at insert, not at commit: a transaction in flight may
+        hold a lower ``seq`` than one already committed. Each got its transaction id before its
+        ``seq``, hence before the higher one committed: it is in the snapshot's in-progress list,
+        so once that list has ended, every ``seq`` up to the one read is committed or never will
+        be. Costs nothing when no transaction is in flight; else a few short polls."""
+        row = await self._row(q.LATEST_SEQ, {})
+        assert row is not None
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        delay = 0.001
+        if row["snapshot"].endswith(":"):  # "xmin:xmax:" — no transaction in progress
+            return int(row["seq"])
+        while True:
+            waiting = await self._row(q.STILL_IN_PROGRESS, {"snapshot": row["snapshot"]})
+            if waiting is None or not waiting["n"]:
+                return int(row["seq"])
+            if time.monotonic() > deadline:
+                raise StoreUnavailable(
+                    f"{waiting['n']} transaction(s) have been in progress for {SETTLE_TIMEOUT:.0f} s: the "
+                    "events they may commit cannot be ordered yet (a session idle in a transaction?)"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.02)
 
     async def _rows(self, statement: str | sql.Composed, params: dict[str, Any]) -> list[DictRow]:
         await self.cursor.execute(statement, params)

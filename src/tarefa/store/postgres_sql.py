@@ -12,7 +12,7 @@ from typing import Any
 
 from psycopg import sql
 
-from .base import JobQuery
+from .base import EventQuery, JobQuery
 from .columns import COLUMNS, MUTABLE_COLUMNS, MUTABLE_NAMES, NAMES
 
 #: Channel of the ``pg_notify`` announcements (one per database).
@@ -199,6 +199,37 @@ SELECT_EVENTS = f"""
     SELECT seq, {_EVENT_COLUMNS} FROM tarefa_job_events
     WHERE job_id = %(id)s AND seq > %(after)s ORDER BY seq LIMIT %(limit)s
 """
+
+# The highest seq stored and the transactions in progress as it was read (SPEC §10: concurrent
+# transactions commit out of seq order; see PgSteps._settled_seq).
+LATEST_SEQ = """
+    SELECT coalesce(max(seq), 0) AS seq, pg_current_snapshot()::text AS snapshot FROM tarefa_job_events
+"""
+
+STILL_IN_PROGRESS = """
+    SELECT count(*) AS n FROM unnest(pg_snapshot_xip(%(snapshot)s::pg_snapshot)) AS xid
+    WHERE pg_xact_status(xid) = 'in progress'
+"""
+
+
+def all_events(query: EventQuery, upto: int) -> tuple[sql.Composed, dict[str, Any]]:
+    """The events of every job, filtered, ``after < seq <= upto``, oldest first (by the primary key)."""
+    conditions: list[sql.Composable] = [sql.SQL("seq > %(after)s"), sql.SQL("seq <= %(upto)s")]
+    params: dict[str, Any] = {"after": query.after, "upto": upto, "limit": max(0, query.limit)}
+    if query.owner is not None:
+        conditions.append(sql.SQL("owner = %(owner)s"))
+        params["owner"] = query.owner
+    if query.states:
+        conditions.append(sql.SQL("state = ANY(%(states)s)"))
+        params["states"] = sorted(state.value for state in query.states)
+    if query.operation is not None:
+        conditions.append(sql.SQL("operation = %(operation)s"))
+        params["operation"] = query.operation
+    statement = sql.SQL("SELECT seq, {} FROM tarefa_job_events WHERE {} ORDER BY seq LIMIT %(limit)s").format(
+        sql.SQL(_EVENT_COLUMNS), sql.SQL(" AND ").join(conditions)
+    )
+    return statement, params
+
 
 SELECT_JOB = """
     SELECT * FROM tarefa_jobs

@@ -24,7 +24,7 @@ from .. import model
 from ..model import Job, JobError, JobEvent, JobState, event_of
 from . import sqlite_sql as sql
 from . import steps
-from .base import JobChange, JobQuery, SchemaTooNew, StoreError
+from .base import EventQuery, JobChange, JobQuery, SchemaTooNew, StoreError
 from .columns import MUTABLE_COLUMNS, Codec, json_text
 from .documents import Documents
 from .jobstore import JobStore
@@ -73,6 +73,19 @@ def list_statement(query: JobQuery) -> tuple[str, list[Any]]:
     params += sorted(state.value for state in query.states)
     params += [] if query.operation is None else [query.operation]
     params += [] if query.after is None else [to_us(query.after[0]), query.after[1]]
+    params.append(query.limit)
+    return statement, params
+
+
+def all_events_statement(query: EventQuery, upto: int) -> tuple[str, list[Any]]:
+    """The query of :class:`~tarefa.store.steps.ListAllEvents` and its parameters."""
+    statement = sql.all_events_sql(
+        by_owner=query.owner is not None, n_states=len(query.states), by_operation=query.operation is not None
+    )
+    params: list[Any] = [query.after, upto]
+    params += [] if query.owner is None else [query.owner]
+    params += sorted(state.value for state in query.states)
+    params += [] if query.operation is None else [query.operation]
     params.append(query.limit)
     return statement, params
 
@@ -135,6 +148,10 @@ class Steps:
                 return self._jobs(*list_statement(query))
             case steps.ListEvents(job_id, after, limit):
                 return [_event_row(row) for row in self.conn.execute(sql.SELECT_EVENTS, (job_id, after, limit))]
+            case steps.SettledSeq():
+                return self.conn.execute(sql.SETTLED_SEQ).fetchone()[0]
+            case steps.ListAllEvents(query, upto):
+                return [_event_row(row) for row in self.conn.execute(*all_events_statement(query, upto))]
             case steps.CountJobs():
                 return {(state, operation): n for state, operation, n in self.conn.execute(sql.COUNT_JOBS)}
             case steps.ReadSchemaVersion():

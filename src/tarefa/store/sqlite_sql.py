@@ -102,6 +102,22 @@ INSERT_EVENT = """
 
 SELECT_EVENTS = f"SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 
+# One writer commits in seq order: the highest seq stored is settled.
+SETTLED_SEQ = "SELECT coalesce(max(seq), 0) FROM job_events"
+
+
+def all_events_sql(*, by_owner: bool, n_states: int, by_operation: bool) -> str:
+    """The events of every job, filtered, ``? < seq <= ?``, oldest first (the seq index)."""
+    where = ["seq > ?", "seq <= ?"]
+    if by_owner:
+        where.append("owner = ?")
+    if n_states:
+        where.append(f"state IN ({', '.join('?' * n_states)})")
+    if by_operation:
+        where.append("operation = ?")
+    return f"SELECT {EVENT_COLUMNS} FROM job_events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+
+
 COUNT_JOBS = "SELECT state, operation, count(*) FROM jobs GROUP BY state, operation"
 
 UPDATE_ANSWER_STATUS = "UPDATE jobs SET answer_status = ? WHERE id = ?"

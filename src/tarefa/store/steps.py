@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from ..model import Job, JobEvent
-from .base import Idempotency, JobChange, JobQuery
+from .base import EventQuery, Idempotency, JobChange, JobQuery
 
 T = TypeVar("T")
 
@@ -165,6 +165,23 @@ class ListEvents:
 
 
 @dataclass(frozen=True, slots=True)
+class SettledSeq:
+    """→ ``int``: a ``seq`` such that every event with a ``seq`` at or below it that will ever
+    be committed is committed now (and visible to the steps that follow): the highest ``seq``
+    stored, once every transaction still in progress when it was read has ended. Where events
+    commit in ``seq`` order (one writer: SQLite, memory) that is simply the highest ``seq``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListAllEvents:
+    """→ ``list[JobEvent]``: up to ``query.limit`` events of every job that ``query`` shows, with
+    ``query.after < seq <= upto``, oldest first."""
+
+    query: EventQuery
+    upto: int
+
+
+@dataclass(frozen=True, slots=True)
 class CountJobs:
     """→ ``dict[tuple[str, str], int]``: how many jobs the store holds per ``(state, operation)``
     (one grouped query)."""
@@ -183,7 +200,7 @@ class CountQueued:
 Step = (
     LoadJob | LoadQueued | LoadHeld | LoadLost | LoadIdempotent | LoadResourceHolder | LoadDocument
     | InsertDocuments | InsertJob | SaveJobs | DeleteJob | PurgeJobs | RenewLeases | SetAnswerStatus | ListJobs
-    | ListEvents | CountJobs | ReadSchemaVersion | CountQueued
+    | ListEvents | SettledSeq | ListAllEvents | CountJobs | ReadSchemaVersion | CountQueued
 )  # fmt: skip
 
 #: A rule: yields steps, is sent their results, returns its value.

@@ -19,7 +19,8 @@ import orjson
 import typer
 
 from ..client import Client, ClientError, Job, JobEvent, JobState, RetryNotice, WaitTimeout
-from ..client.core import REPLAYABLE_METHODS, job_in_answer
+from ..client.answers import job_in_answer
+from ..client.core import REPLAYABLE_METHODS
 from .common import EXIT_ERROR, EXIT_JOB_FAILED, EXIT_TIMEOUT, Common, Output, default, fail, with_common_options
 
 if TYPE_CHECKING:

@@ -15,11 +15,12 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import orjson
 
 from ..model import JobState
+from .answers import Params, add_path, add_query, job_in_answer, next_href, read_job, read_json, with_query
 from .config import ClientConfig
 from .drivers import (
     Answer,
@@ -40,7 +41,6 @@ from .events import JobEvent, SseParser
 from .job import Job
 from .retry import Deadline, PollPacer, RetryBudget, RetryNotice, describe, retry_after
 
-Params = tuple[tuple[str, str], ...]
 JobTarget = Job | str
 StateFilter = JobState | str | Iterable[JobState | str] | None
 
@@ -252,7 +252,7 @@ class ClientCore:
 
     def _get(self, url: str, deadline: Deadline, *, patient: bool = False) -> Steps[Job]:  # url: absolute
         response = yield from self._call("GET", url, deadline=deadline, patient=patient)
-        return _read_job(response, "GET", url)
+        return read_job(response, "GET", url)
 
     def wait(
         self,
@@ -295,9 +295,9 @@ class ClientCore:
             query += "&last_modified=" + quote(job.last_modified_text, safe="")
         started = self.clock()
         response = yield from self._call(
-            "GET", _add_query(url, query), deadline=follow.deadline, wait_seconds=seconds, patient=True
+            "GET", add_query(url, query), deadline=follow.deadline, wait_seconds=seconds, patient=True
         )
-        latest = _read_job(response, "GET", url)
+        latest = read_job(response, "GET", url)
         changed = latest.differs_from(job)
         if changed and follow.report is not None:
             yield follow.report(latest)
@@ -338,8 +338,8 @@ class ClientCore:
         """Ask the server to cancel the job; returns the job as the server answered it."""
         url = self.job_url(target)
         deadline = Deadline.after(self.clock, timeout)
-        response = yield from self._call("PATCH", _add_query(url, "action=cancel"), deadline=deadline, replayable=True)
-        return _read_job(response, "PATCH", url)
+        response = yield from self._call("PATCH", add_query(url, "action=cancel"), deadline=deadline, replayable=True)
+        return read_job(response, "PATCH", url)
 
     def delete(self, target: JobTarget, *, timeout: float | None = None) -> Steps[None]:
         """Delete a terminal job."""
@@ -358,7 +358,7 @@ class ClientCore:
         """Emit the job's events until its terminal one (see :meth:`Client.watch`)."""
         deadline = Deadline.after(self.clock, timeout)
         cursor = _Cursor(after, _job_id(target))
-        url = _add_path(self.job_url(target), "events")
+        url = add_path(self.job_url(target), "events")
         if (yield from self._stream(url, cursor, deadline, timeout, per_job=True)):
             return
         follow = _Following(deadline, timeout, _poll_seconds(poll_timeout), _emit_event)
@@ -458,11 +458,11 @@ class ClientCore:
         """One page of a listing: its jobs and the next page's href."""
         deadline = Deadline.after(self.clock, timeout)
         response = yield from self._call("GET", where.url, params=where.params, deadline=deadline)
-        body = _json(response, f"GET {where.url}")
+        body = read_json(response, f"GET {where.url}")
         records = body.get("records") if isinstance(body, Mapping) else None
         if not isinstance(records, list):
             raise ProtocolError(f"GET {where.url} answered {response.status_code} without a records list")
-        return JobPage(tuple(Job.from_wire(record) for record in records), _next_href(body))
+        return JobPage(tuple(Job.from_wire(record) for record in records), next_href(body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,10 +502,6 @@ def _job_id(target: JobTarget) -> str:
     return target.id if isinstance(target, Job) else target
 
 
-def _add_path(url: str, segment: str) -> str:
-    return f"{url.rstrip('/')}/{segment}"
-
-
 Reporter = Callable[[Job], Effect]
 """How a wait reports a new version of its job: a :class:`Notify` of the caller's callback, or
 an :class:`Emit` of an event (``watch`` against a server without streams)."""
@@ -530,23 +526,6 @@ def _attempt(call: HttpCall) -> Steps[Answer | RequestFailure]:
     return response
 
 
-def with_query(url: str, params: Params) -> str:
-    """``url`` with ``params`` added to its query (a parameter it already has is replaced)."""
-    if not params:
-        return url
-    if "?" not in url:
-        return url + "?" + urlencode(params, quote_via=quote)
-    parts = urlsplit(url)
-    names = {name for name, _ in params}
-    kept = [pair for pair in parse_qsl(parts.query, keep_blank_values=True) if pair[0] not in names]
-    return urlunsplit(parts._replace(query=urlencode([*kept, *params], quote_via=quote)))
-
-
-def _add_query(url: str, query: str) -> str:
-    """``url`` with an encoded ``query`` added: the poll's fast path."""
-    return f"{url}&{query}" if "?" in url else f"{url}?{query}"
-
-
 def _key(idempotency_key: str | bool) -> str | None:
     if idempotency_key is True:
         return new_idempotency_key()
@@ -565,44 +544,3 @@ def _states(state: StateFilter) -> str | None:
     if isinstance(state, str):
         return str(state)
     return "|".join(str(JobState(value)) for value in state)
-
-
-def _json(response: Answer, where: str = "the server") -> Any:
-    if not response.content:
-        return None
-    try:
-        return orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        raise ProtocolError(f"{where} answered {response.status_code} with a body that is not JSON") from None
-
-
-def job_in_answer(response: Answer) -> Job | None:
-    """The job in an answer to a call: ``{"job": ...}``, or a bare job in a ``202``; else ``None``."""
-    body = _json(response)
-    location = response.headers.get("location")
-    if not isinstance(body, Mapping):
-        return None
-    if "job" in body:
-        return Job.from_wire(body["job"], location=location)
-    if response.status_code == 202 and "id" in body:
-        return Job.from_wire(body, location=location)
-    return None
-
-
-def _read_job(response: Answer, method: str, url: str) -> Job:
-    """The job in ``{"record": ...}``, ``{"job": ...}`` or a bare job body."""
-    body = _json(response, f"{method} {url}")
-    if isinstance(body, Mapping):
-        for envelope in ("record", "job"):
-            if envelope in body:
-                return Job.from_wire(body[envelope], location=response.headers.get("location"))
-        if "id" in body:
-            return Job.from_wire(body)
-    raise ProtocolError(f"{method} {url} answered {response.status_code} without a job")
-
-
-def _next_href(body: Mapping[str, Any]) -> str | None:
-    links = body.get("_links")
-    following = links.get("next") if isinstance(links, Mapping) else None
-    href = following.get("href") if isinstance(following, Mapping) else None
-    return href if isinstance(href, str) and href else None

@@ -26,7 +26,7 @@ def with_query(url: str, params: Params) -> str:
     if not params:
         return url
     if "?" not in url:
-        return url + "?" + urlencode(params, quote_via=quote)
+        return url + "?" + "&".join(f"{quote(name, safe='')}={quote(value, safe='')}" for name, value in params)
     parts = urlsplit(url)
     names = {name for name, _ in params}
     kept = [pair for pair in parse_qsl(parts.query, keep_blank_values=True) if pair[0] not in names]

@@ -70,7 +70,8 @@ CLIENT_NAMES = {"resource": "resource_href", "_links": "self_href"}
 def test_the_clients_job_reads_every_wire_field() -> None:
     from tarefa.client import Job as ClientJob
 
-    names = {field.name for field in dataclasses.fields(ClientJob)}
+    lazy = {name for name, value in vars(ClientJob).items() if isinstance(value, property)}  # timestamps
+    names = {field.name for field in dataclasses.fields(ClientJob)} | lazy
     assert [name for name in JOB_FIELDS if CLIENT_NAMES.get(name, name) not in names] == []
     for state in (JobState.SUCCESS, JobState.FAILURE):
         job = full_job(state)

@@ -1,4 +1,4 @@
-"""Client commands: ``tarefa call`` and ``tarefa jobs list|show|wait|cancel|delete``.
+"""Client commands: ``tarefa call``, ``tarefa jobs list|show|wait|watch|cancel|delete``, ``tarefa events``.
 
 A thin layer over :class:`tarefa.client.Client`. Exit codes: 0 success, 1 the job failed,
 2 usage or HTTP error (including an unreachable server), 3 timeout while waiting. Expected
@@ -18,14 +18,20 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional, TextIO
 import orjson
 import typer
 
-from ..client import Client, ClientError, Job, JobState, RetryNotice, WaitTimeout
-from ..client.core import REPLAYABLE_METHODS, job_in_answer
+from ..client import Client, ClientError, Job, JobEvent, JobState, RetryNotice, WaitTimeout
+from ..client.answers import job_in_answer
+from ..client.core import REPLAYABLE_METHODS
 from .common import EXIT_ERROR, EXIT_JOB_FAILED, EXIT_TIMEOUT, Common, Output, default, fail, with_common_options
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 PollOption = Annotated[int, typer.Option("--poll-timeout", min=1, max=120, help="Seconds per long poll")]
+JsonLinesOption = Annotated[bool, typer.Option("--json", help="One JSON object per event (as -o json)")]
+AfterOption = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option("--after", min=0, help="Start after this event seq (resume where you stopped)"),
+]
 JobIdArgument = Annotated[str, typer.Argument(help="The job's id")]
 MAX_PAGE = 1000
 
@@ -111,6 +117,52 @@ def jobs_wait(job_id: JobIdArgument, poll_timeout: PollOption = 120, *, common: 
         _finish(_follow(connection, job_id, common, poll_timeout), common.output)
 
 
+def jobs_watch(
+    job_id: JobIdArgument,
+    json_lines: JsonLinesOption = False,
+    after: AfterOption = None,
+    poll_timeout: PollOption = 120,
+    *,
+    common: Common,
+) -> None:
+    """Print a job's events as they happen, one line each, until it ends: exit 0 on success,
+    1 on failure, 3 on timeout. Uses the server's event stream, or long polls without one."""
+    as_json = json_lines or common.output is Output.JSON
+    with _expected_failures(), _connect(common) as connection:
+        client, notices = connection
+        notices.following = True
+        last: JobEvent | None = None
+        for event in client.watch(job_id, after=after, timeout=common.timeout, poll_timeout=poll_timeout):
+            _print_event(event, as_json, with_job=False)
+            last = event
+    if last is not None and last.state is JobState.FAILURE:
+        raise typer.Exit(EXIT_JOB_FAILED)
+
+
+def events(
+    state: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--state", help="Only events in this state: queued, running, success, failure, or a|b"),
+    ] = None,
+    operation: Annotated[Optional[str], typer.Option("--operation", help="e.g. host.register")] = None,  # noqa: UP045
+    json_lines: JsonLinesOption = False,
+    after: AfterOption = None,
+    count: Annotated[
+        int, typer.Option("--count", "-n", min=0, help=f"Stop after this many events, 0: never {default(0)}")
+    ] = 0,
+    *,
+    common: Common,
+) -> None:
+    """Print the events of every job you may see, live, one line each (stops after --count events, or Ctrl-C)."""
+    as_json = json_lines or common.output is Output.JSON
+    with _expected_failures(), _connect(common) as connection:
+        client, notices = connection
+        notices.following = True
+        stream = client.events(state=state, operation=operation, after=after)
+        for event in stream if count == 0 else itertools.islice(stream, count):
+            _print_event(event, as_json, with_job=True)
+
+
 def jobs_cancel(job_id: JobIdArgument, *, common: Common) -> None:
     """Cancel a job: a queued job fails at once, a running one is asked to stop."""
     with _expected_failures(), _connect(common) as connection:
@@ -136,9 +188,11 @@ def register(app: typer.Typer) -> None:
     jobs.command("list")(with_common_options(jobs_list))
     jobs.command("show")(with_common_options(jobs_show))
     jobs.command("wait")(with_common_options(jobs_wait))
+    jobs.command("watch")(with_common_options(jobs_watch))
     jobs.command("cancel")(with_common_options(jobs_cancel))
     jobs.command("delete")(with_common_options(jobs_delete))
     app.add_typer(jobs, name="jobs")
+    app.command("events")(with_common_options(events))
 
 
 # -- behaviour shared by the commands -----------------------------------------------------------
@@ -287,6 +341,24 @@ def _print_change(job: Job, stream: TextIO) -> None:
     percent = "   -" if job.progress is None else f"{job.progress:3d}%"
     stream.write(f"{job.last_modified_text or '-'}  {job.state.value:<8} {percent}  {job.message}\n")
     stream.flush()
+
+
+def _print_event(event: JobEvent, as_json: bool, *, with_job: bool) -> None:
+    """One line: the event's JSON (as the server sent it; made from the job without streams), or
+    ``time  #seq  [job]  state  progress  message``."""
+    if as_json:
+        fields = dict(event.raw) or {
+            "seq": None, "job_id": event.job_id, "time": event.time_text, "state": event.state.value,
+            "message": event.message, "progress": event.progress,
+            **({"error": {"code": event.error.code, "message": event.error.message}} if event.error else {}),
+        }  # fmt: skip
+        typer.echo(orjson.dumps(fields).decode())
+        return
+    percent = "   -" if event.progress is None else f"{event.progress:3d}%"
+    seq = "-" if event.seq is None else f"#{event.seq}"
+    job = f"  {event.job_id}" if with_job else ""
+    error = f" ({event.error.code}: {event.error.message})" if event.error else ""
+    typer.echo(f"{event.time_text or '-'}  {seq:>7}{job}  {event.state.value:<8} {percent}  {event.message}{error}")
 
 
 def _print_job(job: Job) -> None:

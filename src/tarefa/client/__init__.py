@@ -22,6 +22,7 @@ from .errors import (
     Unauthorized,
     WaitTimeout,
 )
+from .events import JobEvent
 from .job import Job, JobError, JobState
 from .retry import RetryNotice
 from .sync_client import Client
@@ -38,6 +39,7 @@ __all__ = [
     "Conflict",
     "Job",
     "JobError",
+    "JobEvent",
     "JobFailed",
     "JobPage",
     "JobState",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import netrc
 import os
 import random
 import ssl
@@ -9,12 +11,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
-
-import httpx
+from typing import TYPE_CHECKING, Any, TypedDict
+from urllib.parse import urlsplit
 
 from ..backoff import Backoff
 from .retry import RetryNotice
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_JOBS_PATH = "/api/jobs"
@@ -37,6 +41,9 @@ class ClientOptions(TypedDict, total=False):
     - ``http_timeout``: read timeout of ordinary requests (default 30 s); a long poll always
       gets its poll time plus ``poll_margin`` (default 15 s).
     - ``backoff``: the :class:`~tarefa.client.Backoff` policy between retries and empty polls.
+    - ``max_connections``: at most this many connections open to the server at once (default
+      ``None``: no limit, so that many concurrent waits sharing one client never queue behind
+      each other).
     - ``on_retry``: called with a :class:`~tarefa.client.RetryNotice` before each retry (the
       call that failed, why, and the pause before the next attempt): to tell a person at once.
     - ``clock`` / ``random``: a monotonic clock and a ``[0, 1)`` source, for tests.
@@ -50,6 +57,7 @@ class ClientOptions(TypedDict, total=False):
     http_timeout: float
     poll_margin: float
     backoff: Backoff
+    max_connections: int | None
     on_retry: Callable[[RetryNotice], object] | None
     clock: Callable[[], float]
     random: Callable[[], float]
@@ -59,7 +67,7 @@ class ClientOptions(TypedDict, total=False):
 class ClientConfig:
     """What the client's logic needs to know, apart from how to do I/O."""
 
-    url: httpx.URL
+    url: str
     jobs_path: str = DEFAULT_JOBS_PATH
     retry_for: float | None = 60.0
     http_timeout: float = 30.0
@@ -74,38 +82,48 @@ class ClientConfig:
     def from_options(cls, url: str, options: ClientOptions) -> ClientConfig:
         if options.get("poll_margin", 1.0) <= 0:
             raise ValueError("poll_margin must be positive: the read timeout must outlast the poll")
-        base = httpx.URL(url)
-        if base.scheme not in ("http", "https") or not base.host:
+        try:
+            base = urlsplit(url)
+            valid = base.scheme in ("http", "https") and bool(base.hostname)
+            base.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            valid = False
+        if not valid:
             raise ValueError(f"{url!r} is not an http:// or https:// URL")
         names = ("jobs_path", "retry_for", "http_timeout", "poll_margin", "backoff", "on_retry", "clock", "random")
         chosen: dict[str, Any] = {name: value for name, value in options.items() if name in names}
-        return cls(url=base, **chosen)
+        return cls(url=url, **chosen)
 
-    def timeout(self, wait_seconds: float = 0.0) -> httpx.Timeout:
-        """The timeouts of a request the server may hold for ``wait_seconds`` before answering."""
-        read = max(self.http_timeout, wait_seconds + self.poll_margin)
-        return httpx.Timeout(read, connect=self.connect_timeout)
+    def read_timeout(self, wait_seconds: float = 0.0) -> float:
+        """The read timeout of a request the server may hold for ``wait_seconds`` before answering."""
+        return max(self.http_timeout, wait_seconds + self.poll_margin)
 
 
 def http_options(options: ClientOptions) -> dict[str, Any]:
     """The keyword arguments for :class:`httpx.Client` / :class:`httpx.AsyncClient`."""
+    import httpx
+
+    limit = options.get("max_connections")
     return {
         "auth": _auth(options.get("auth")),
         "verify": _verify(options.get("verify", True)),
         "headers": {"Accept": "application/json", **dict(options.get("headers", {}))},
         "follow_redirects": False,
+        "limits": httpx.Limits(max_connections=limit, max_keepalive_connections=limit, keepalive_expiry=4.0),
     }
 
 
 def _auth(auth: tuple[str, str] | httpx.Auth | None) -> httpx.Auth | None:
+    import httpx
+
     if isinstance(auth, tuple):
         return httpx.BasicAuth(*auth)
-    if auth is None and (netrc := _netrc_file()) is not None:
+    if auth is None and (netrc := netrc_file()) is not None:
         return httpx.NetRCAuth(str(netrc))
     return auth
 
 
-def _netrc_file() -> Path | None:
+def netrc_file() -> Path | None:
     """``$NETRC`` or ``~/.netrc``, if it exists: credentials for hosts it names (curl's rule)."""
     path = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
     return path if path.is_file() else None
@@ -115,3 +133,18 @@ def _verify(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
     if isinstance(verify, str):
         return ssl.create_default_context(cafile=verify)
     return verify
+
+
+def basic_header(user: str, password: str) -> str:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
+
+
+def netrc_header(path: str, url: str) -> str | None:
+    """The Basic header for the URL's host from a netrc file, as httpx's ``NetRCAuth`` reads it."""
+    host = urlsplit(url).hostname or ""
+    try:
+        found = netrc.netrc(path).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return basic_header(found[0], found[2]) if found else None

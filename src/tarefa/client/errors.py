@@ -1,4 +1,4 @@
-"""The client's exceptions. Every failure the client expects is one of these, never an httpx error.
+"""The client's exceptions. Every failure the client expects is one of these, never a library's error.
 
 ::
 
@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import httpx
+import orjson
 
 if TYPE_CHECKING:
+    from .drivers import Answer
     from .job import Job, JobError
 
 
@@ -50,7 +51,7 @@ class ApiError(ClientError):
         self.request_id = request_id
 
     @classmethod
-    def from_response(cls, response: httpx.Response) -> ApiError:
+    def from_response(cls, response: Answer) -> ApiError:
         """The exception for an error answer, of the subclass its status calls for."""
         body = _json_or_none(response)
         error = body.get("error") if isinstance(body, dict) else None
@@ -119,17 +120,17 @@ class WaitTimeout(ClientError):
         self.timeout = timeout
 
 
-def _json_or_none(response: httpx.Response) -> Any:
+def _json_or_none(response: Answer) -> Any:
     try:
-        return response.json()
-    except ValueError:
+        return orjson.loads(response.content) if response.content else None
+    except orjson.JSONDecodeError:
         return None
 
 
-def _code_of(response: httpx.Response) -> str:
+def _code_of(response: Answer) -> str:
     return response.reason_phrase.lower().replace(" ", "_") or f"http_{response.status_code}"
 
 
-def _message_of(response: httpx.Response) -> str:
-    text = response.text.strip().splitlines()
+def _message_of(response: Answer) -> str:
+    text = response.content.decode(errors="replace").strip().splitlines()
     return text[0][:200] if text else response.reason_phrase or f"HTTP {response.status_code}"

@@ -2,7 +2,9 @@
 
 The parser is lenient in what it accepts from Deploy-style servers (fields left out by
 ``fields=``, a partial job in a ``202``, timestamps of any precision) and keeps the dict it was
-parsed from in :attr:`Job.raw`, so nothing the server said is lost.
+parsed from in :attr:`Job.raw`, so nothing the server said is lost. It reads at once only what
+following a job needs (id, state, message, progress, ``last_modified`` as text, links); the
+timestamps are read from :attr:`Job.raw` when asked for.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from ..model import JobError, JobState
 from .errors import ProtocolError
 
-__all__ = ["Job", "JobError", "JobState"]
+__all__ = ["Job", "JobError", "JobState", "parse_error", "parse_time"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +37,6 @@ class Job:
     operation: str = ""
     message: str = ""
     progress: int | None = None
-    create_time: datetime | None = None
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-    last_modified: datetime | None = None
     last_modified_text: str | None = None
     result: Any = None
     error: JobError | None = None
@@ -46,6 +44,22 @@ class Job:
     self_href: str | None = None
     owner: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def create_time(self) -> datetime | None:
+        return parse_time(self.raw.get("create_time"))
+
+    @property
+    def start_time(self) -> datetime | None:
+        return parse_time(self.raw.get("start_time"))
+
+    @property
+    def end_time(self) -> datetime | None:
+        return parse_time(self.raw.get("end_time"))
+
+    @property
+    def last_modified(self) -> datetime | None:
+        return parse_time(self.last_modified_text)
 
     @property
     def is_terminal(self) -> bool:
@@ -81,13 +95,9 @@ class Job:
             operation=_text(data.get("operation")),
             message=_text(data.get("message")),
             progress=_progress(data.get("progress")),
-            create_time=_time(data.get("create_time")),
-            start_time=_time(data.get("start_time")),
-            end_time=_time(data.get("end_time")),
-            last_modified=_time(modified),
             last_modified_text=modified if isinstance(modified, str) else None,
             result=data.get("result"),
-            error=_error(data.get("error")),
+            error=parse_error(data.get("error")),
             resource_href=_href(data.get("resource")),
             self_href=_href(_link(data, "self")) or location,
             owner=data["owner"] if isinstance(data.get("owner"), str) else None,
@@ -95,7 +105,13 @@ class Job:
         )
 
 
+_STATES = {state.value: state for state in JobState}
+
+
 def _state(value: object) -> JobState:
+    known = _STATES.get(value) if isinstance(value, str) else None
+    if known is not None:
+        return known
     try:
         return JobState(str(value).lower())
     except ValueError:
@@ -112,7 +128,7 @@ def _progress(value: object) -> int | None:
     return None
 
 
-def _time(value: object) -> datetime | None:
+def parse_time(value: object) -> datetime | None:
     """An aware UTC datetime from the server's text, read leniently: any precision (digits beyond
     microseconds dropped), ``Z``/``z`` or an offset; a time without either is taken as UTC."""
     if not isinstance(value, str):
@@ -124,7 +140,7 @@ def _time(value: object) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-def _error(value: object) -> JobError | None:
+def parse_error(value: object) -> JobError | None:
     if not isinstance(value, Mapping):
         return None
     return JobError(code=_text(value.get("code")) or "error", message=_text(value.get("message")))

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-import httpx
-
 from ..backoff import Backoff
+from .drivers import Answer, RequestFailure
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 """Answers that mean "not now" rather than "no": retried like a connection error."""
@@ -20,7 +19,7 @@ MIN_PAUSE = 0.1
 """The shortest pause after an early answer without a change, whatever the backoff settings."""
 
 
-def retry_after(response: httpx.Response, now: Callable[[], datetime] | None = None) -> float | None:
+def retry_after(response: Answer, now: Callable[[], datetime] | None = None) -> float | None:
     """The ``Retry-After`` header in seconds (delta-seconds or an HTTP date), or ``None``."""
     value = response.headers.get("retry-after", "").strip()
     if not value:
@@ -97,17 +96,23 @@ class RetryNotice:
     delay: float
 
 
-def describe(outcome: httpx.Response | httpx.RequestError) -> str:
-    """Why an attempt failed, in one line, with a hint when the cause is a common mistake."""
-    if isinstance(outcome, httpx.Response):
-        return f"the server answered {outcome.status_code} {outcome.reason_phrase}".rstrip()
-    reason = str(outcome) or type(outcome).__name__
-    tls = _tls_error(outcome)
+def describe(outcome: Answer | RequestFailure) -> str:
+    """Why an attempt failed, in one line."""
+    if isinstance(outcome, RequestFailure):
+        return outcome.reason
+    return f"the server answered {outcome.status_code} {outcome.reason_phrase}".rstrip()
+
+
+def tls_reason(error: BaseException) -> tuple[str, bool]:
+    """A library's request error in one line, with a hint when the cause is a common TLS mistake,
+    and whether it is a TLS failure (which fails the same way next time)."""
+    reason = str(error) or type(error).__name__
+    tls = _tls_error(error)
     if tls is not None and "WRONG_VERSION_NUMBER" in str(tls):
-        return f"{reason} (the server does not speak TLS here: use http://)"
+        return f"{reason} (the server does not speak TLS here: use http://)", True
     if isinstance(tls, ssl.SSLCertVerificationError):
-        return f"{reason} (the server's certificate is not trusted: give the CA that signed it)"
-    return reason
+        return f"{reason} (the server's certificate is not trusted: give the CA that signed it)", True
+    return reason, tls is not None
 
 
 @dataclass(slots=True)
@@ -130,7 +135,7 @@ class RetryBudget:
     attempts: int = 0
     outage: Deadline | None = None
 
-    def delay_after(self, outcome: httpx.Response | httpx.RequestError) -> float | None:
+    def delay_after(self, outcome: Answer | RequestFailure) -> float | None:
         """Seconds to wait before the next attempt, or ``None``: give up (or nothing to retry)."""
         self.attempts += 1
         if not self._retryable(outcome):
@@ -138,20 +143,18 @@ class RetryBudget:
         if self.outage is None:
             self.outage = Deadline.after(self.clock, self.retry_for)
         remaining = self.deadline.earlier(self.outage).remaining(self.clock)
-        hint = retry_after(outcome) if isinstance(outcome, httpx.Response) else None
+        hint = None if isinstance(outcome, RequestFailure) else retry_after(outcome)
         if hint is not None:
             return hint if hint <= remaining else None
         if remaining <= 0:
             return None
         return min(remaining, self.backoff.delay(self.attempts - 1, self.random))
 
-    def _retryable(self, outcome: httpx.Response | httpx.RequestError) -> bool:
-        if isinstance(outcome, httpx.Response):
-            unsent = outcome.status_code in (429, 503)
-            return outcome.status_code in RETRY_STATUSES and (self.replayable or unsent)
-        if not isinstance(outcome, httpx.TransportError) or _tls_error(outcome) is not None:
-            return False  # an undecodable body, a TLS failure (certificate, no TLS): same again next time
-        return self.replayable or isinstance(outcome, NOT_SENT_ERRORS)
+    def _retryable(self, outcome: Answer | RequestFailure) -> bool:
+        if isinstance(outcome, RequestFailure):
+            return not outcome.final and (self.replayable or outcome.unsent)
+        unsent = outcome.status_code in (429, 503)
+        return outcome.status_code in RETRY_STATUSES and (self.replayable or unsent)
 
 
 def _tls_error(error: BaseException) -> ssl.SSLError | None:
@@ -162,7 +165,3 @@ def _tls_error(error: BaseException) -> ssl.SSLError | None:
             return cause
         cause = cause.__cause__ or cause.__context__
     return None
-
-
-NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-"""Transport errors raised before any byte of the request reached the server."""

@@ -11,7 +11,9 @@ import httpx
 
 from .config import DEFAULT_URL, ClientConfig, ClientOptions, http_options
 from .core import MAX_POLL_TIMEOUT, ClientCore, JobTarget, PageRequest, StateFilter
-from .drivers import ChangeCallback, Steps, T, run_steps
+from .drivers import ChangeCallback, Steps, T, iterate_steps, run_steps
+from .events import JobEvent
+from .http_httpx import HttpxHttp
 from .job import Job
 
 
@@ -42,6 +44,7 @@ class Client:
     ) -> None:
         self.core = ClientCore(ClientConfig.from_options(url, options))
         self._http = httpx.Client(transport=transport, **http_options(options))
+        self._io = HttpxHttp(self._http)
         self._sleep = sleep
 
     def __enter__(self) -> Client:
@@ -55,7 +58,7 @@ class Client:
         self._http.close()
 
     def _drive(self, steps: Steps[T]) -> T:
-        return run_steps(steps, self._http, self._sleep)
+        return run_steps(steps, self._io, self._sleep)
 
     def submit(
         self,
@@ -135,6 +138,36 @@ class Client:
         )
         return self._drive(steps)
 
+    def watch(
+        self,
+        job: JobTarget,
+        *,
+        after: int | None = None,
+        timeout: float | None = None,
+        poll_timeout: int = MAX_POLL_TIMEOUT,
+    ) -> Iterator[JobEvent]:
+        """The job's events (:class:`~tarefa.client.JobEvent`), oldest first, until its terminal one.
+
+        Reads the server-sent event stream ``GET <job>/events`` (``Accept: text/event-stream``);
+        a dropped connection or a restarted server is resumed with ``Last-Event-ID``, so that no
+        event is missed and none comes twice. ``after``: start after that ``seq``. Against a
+        server without streams (404/405/406 on the stream, or an answer that is not one), the job
+        is followed with long polls instead and each visible change becomes an event with
+        ``seq=None`` (changes between two polls are seen together, as the latest). ``timeout``
+        raises :class:`~tarefa.client.WaitTimeout`. Stop iterating at any time to stop watching.
+        """
+        return iterate_steps(self.core.watch(job, after=after, timeout=timeout, poll_timeout=poll_timeout),
+                             self._io, self._sleep)  # fmt: skip
+
+    def events(
+        self, *, state: StateFilter = None, operation: str | None = None, after: int | None = None
+    ) -> Iterator[JobEvent]:
+        """The events of every job this user may see, live, for as long as you iterate:
+        ``GET /api/events`` as a stream, with the filters ``state`` and ``operation``, resumed
+        after drops like :meth:`watch`. ``after``: start after that ``seq`` (else: from the
+        oldest stored event)."""
+        return iterate_steps(self.core.events(state=state, operation=operation, after=after), self._io, self._sleep)
+
     def get(self, job: JobTarget, *, timeout: float | None = None) -> Job:
         """The job as it is now (a standard poll); :class:`~tarefa.client.NotFound` if unknown."""
         return self._drive(self.core.get(job, timeout=timeout))
@@ -196,4 +229,9 @@ class Client:
             idempotency_key=idempotency_key,
             timeout=timeout,
         )
-        return self._drive(steps)
+        return _as_httpx(self._drive(steps))
+
+
+def _as_httpx(answer: object) -> httpx.Response:
+    assert isinstance(answer, httpx.Response)  # the sync client's answers are httpx's own
+    return answer

@@ -13,6 +13,7 @@ from ..engine import Engine
 from ..store import JobStore
 from .access import Identity
 from .errors import RequestIdMiddleware, install_error_handlers
+from .fastpath import install_fast_paths
 from .openapi import document_error_bodies
 from .operator import operator_routes
 from .quotas import DEFAULT_MAX_QUEUED_JOBS, DEFAULT_MAX_WAITING_PER_USER, QueueLimit, WaitingLimit
@@ -68,6 +69,7 @@ class Tarefa(Engine):
         app.state.tarefa = self
         app.include_router(operator_routes(self, prefix.rstrip("/"), dashboard))
         app.include_router(job_routes(self), prefix=self.jobs_href)
+        install_fast_paths(app, self)
         install_error_handlers(app)
         document_error_bodies(app)
         app.add_middleware(RequestIdMiddleware)

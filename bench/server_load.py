@@ -30,9 +30,10 @@ from bench.systems.tarefa_systems import serve
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process and all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
 class Caller:
@@ -117,9 +118,11 @@ def main() -> int:
         for _ in range(args.repeat):
             cpu0 = cpu_seconds(pid)
             wall, latencies, requests = asyncio.run(drive(port, args.jobs, args.concurrency, args.flow))
-            cpu = cpu_seconds(pid) - cpu0
+            user, system = (b - a for a, b in zip(cpu0, cpu_seconds(pid), strict=True))
+            cpu = user + system
             print(f"{args.store} {args.flow} C={args.concurrency}: {args.jobs / wall:,.0f} jobs/s, "
-                  f"p50 {statistics.median(latencies) * 1000:.2f} ms, server {cpu / args.jobs * 1000:.2f} CPU ms/job, "
+                  f"p50 {statistics.median(latencies) * 1000:.2f} ms, server {cpu / args.jobs * 1000:.2f} CPU ms/job "
+                  f"({system / args.jobs * 1000:.2f} system), "
                   f"{requests / args.jobs:.2f} requests/job", flush=True)  # fmt: skip
         if spy is not None:
             spy.send_signal(2)

@@ -127,6 +127,7 @@ class Engine:
     async def start(self) -> None:
         """Open the store, recover what a crash left, start the workers and the purge."""
         store = self.build_store()
+        self.hub.remember(store.exclusive)
         store.add_listener(self.hub.publish)
         await store.open()
         self._store = store

@@ -131,10 +131,17 @@ class Jobs:
     async def get(self, viewer: Viewer, job_id: str) -> Job:
         """The job as it is now (:class:`JobNotFound`)."""
         _check_id(job_id)
-        job = await self.store.get_job(job_id, viewer.owner_filter)
+        job = await self._current(viewer, job_id)
         if job is None:
             raise JobNotFound(job_id)
         return job
+
+    async def _current(self, viewer: Viewer, job_id: str) -> Job | None:
+        """The job now: as the hub last saw it change if it remembers it, else from the store."""
+        known = self._hub.known(job_id)
+        if known is not None:
+            return known if viewer.sees(known) else None
+        return await self.store.get_job(job_id, viewer.owner_filter)
 
     async def wait_for_change(self, viewer: Viewer, job_id: str, *, baseline: datetime | None, timeout: float) -> Job:
         """A long poll (SPEC §3): the job once its ``last_modified`` is later than ``baseline``
@@ -142,7 +149,7 @@ class Jobs:
         :class:`JobNotFound` if unknown, or deleted while waiting. No store query while waiting."""
         _check_id(job_id)
         job = await self._hub.wait_for_change(
-            job_id, lambda: self.store.get_job(job_id, viewer.owner_filter), baseline=baseline, timeout=timeout
+            job_id, lambda: self._current(viewer, job_id), baseline=baseline, timeout=timeout
         )
         if job is None:
             raise JobNotFound(job_id)

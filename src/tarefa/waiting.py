@@ -7,6 +7,12 @@ store query until its job changes or its time is up.
 No lost wake-up: a request registers its watch *before* it reads the job, so a change that
 commits between the read and the wait is already recorded on the watch.
 
+On a store this process alone writes (``exclusive``: SQLite, memory), every committed change
+passes through the hub, in commit order; so the hub remembers the latest jobs it saw
+(:meth:`ChangeHub.known`, up to :data:`REMEMBERED_JOBS`), and a poll of a recently changed job
+is answered with no store read. A change committed but not yet delivered is no lost wake-up: the
+watch is registered first, and the delivery wakes it.
+
 The hub also counts changes (a *generation*, per owner), so that a dashboard can wait for "any
 change I may see after token T" (:meth:`ChangeHub.wait_for_any`) with no store query per waiter.
 """
@@ -22,6 +28,8 @@ from .model import Job
 from .store import JobChange
 
 _DELETED = object()
+#: Jobs the hub remembers (the most recently changed) when it sees every change of the store.
+REMEMBERED_JOBS = 4096
 
 
 class _Watch:
@@ -70,6 +78,27 @@ class ChangeHub:
         self._owner_generation: dict[str, int] = {}
         self._deleted_generation = 0
         self._any: set[asyncio.Future[None]] = set()
+        self._remember = 0
+        self._known: dict[str, Job] = {}
+
+    def remember(self, every_change: bool, size: int = REMEMBERED_JOBS) -> None:
+        """``every_change``: the store's every commit reaches :meth:`publish` (an exclusive
+        store), so the latest jobs seen may answer reads (:meth:`known`); else remember none."""
+        self._remember = size if every_change else 0
+        self._known.clear()
+
+    def known(self, job_id: str) -> Job | None:
+        """The job as its latest committed change left it, if the hub remembers it."""
+        return self._known.get(job_id)
+
+    def _note(self, changes: Sequence[JobChange]) -> None:
+        known = self._known
+        for change in changes:
+            known.pop(change.job_id, None)  # re-inserted last: the dict's order is the age
+            if change.job is not None:
+                known[change.job_id] = change.job
+        while len(known) > self._remember:
+            del known[next(iter(known))]
 
     @property
     def waiting(self) -> int:
@@ -80,6 +109,8 @@ class ChangeHub:
         """Store listener: wake every request waiting on a changed job."""
         if changes:
             self._count(changes)
+            if self._remember:
+                self._note(changes)
         for change in changes:
             for watch in self._watches.get(change.job_id, ()):
                 watch.offer(change.job)

@@ -92,7 +92,7 @@ async def drive(port: int, jobs: int, concurrency: int, flow: str) -> tuple[floa
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--store", choices=["sqlite", "sqlite-normal", "postgres"], default="sqlite")
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--flow", choices=["poll", "return"], default="poll")
@@ -101,8 +101,8 @@ def main() -> int:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="tarefa-serverload-"))
     with ExitStack() as stack:
-        if args.store == "sqlite":
-            store = f"sqlite:///{workdir}/load.db"
+        if args.store.startswith("sqlite"):
+            store = f"sqlite:///{workdir}/load.db" + ("?synchronous=normal" if args.store.endswith("normal") else "")
         else:
             store = services.fresh_postgres_database()  # API and workers in one process
         port, pid = serve(stack, workdir, store, max(4, args.concurrency), "serve")

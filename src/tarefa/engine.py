@@ -135,10 +135,12 @@ class Engine:
             store, self.operations, concurrency=self.workers, lease_seconds=self.lease_seconds, metrics=self.metrics
         )
         await self._runner.start()
+        self.jobs.runner = self._runner
         self._background = [asyncio.create_task(self._purge_loop(), name="tarefa-purge")]
 
     def begin_shutdown(self) -> None:
         """First step of a graceful stop: answer long polls now, take no new jobs."""
+        self.jobs.runner = None
         self.hub.close()
         if self._runner is not None:
             self._runner.stop_accepting()

@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import model
 from .model import Job, JobEvent
@@ -22,6 +22,9 @@ from .operations import OperationRegistry, dump_input
 from .store import Created, Idempotency, JobQuery, JobStore, Precondition, ResourceBusy
 from .values import check_text, text_problem
 from .waiting import ChangeHub
+
+if TYPE_CHECKING:
+    from .runner import Runner
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,9 @@ class Jobs:
         self._store = store
         self._operations = operations
         self._hub = hub
+        #: The runner of this process (set by the engine while it runs): a new job it can run at
+        #: once is claimed in its insert's transaction (one commit for both).
+        self.runner: Runner | None = None
 
     @property
     def store(self) -> JobStore:
@@ -109,13 +115,21 @@ class Jobs:
             resource=resource,
             max_attempts=declared.max_attempts,
         )
+        runner = self.runner
+        claim = runner.reserve(operation) if runner is not None else None
+        claimed: Job | None = None
         try:
-            return await self.store.create_job(
-                job, idempotency=idempotency, resource_key=resource_key, precondition=precondition
+            created = await self.store.create_job(
+                job, idempotency=idempotency, resource_key=resource_key, precondition=precondition, claim=claim
             )
+            claimed = created.claimed
+            return created
         except ResourceBusy as exc:
             holder = await self.store.get_job(exc.job_id, viewer.owner_filter) if exc.job_id else None
             raise ResourceBusy(exc.resource_key, holder.id if holder else "") from None
+        finally:
+            if runner is not None and claim is not None:
+                runner.claimed(claimed)
 
     async def replay(self, viewer: Viewer, idempotency: Idempotency) -> Created | None:
         """The job ``viewer`` first started with this key, as it is now; None for a new key.

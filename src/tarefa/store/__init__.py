@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .base import (
     ChangeListener,
+    Claim,
     Created,
     Idempotency,
     IdempotencyMismatch,
@@ -34,6 +35,7 @@ from .jobstore import JobStore, Store
 
 __all__ = [
     "ChangeListener",
+    "Claim",
     "Created",
     "DocumentKind",
     "Documents",

@@ -1,7 +1,11 @@
 """Where a server's CPU goes, by layer: a py-spy raw profile (``--format raw --threads``) summed
 by the layer of each sample's innermost frame (its own time), per thread and in all.
 
-    python -m bench.profile_layers PROFILE.txt [--top 25]
+    python -m bench.profile_layers PROFILE.txt [--top 25] [--src DIR] [--jobs N --rate 250]
+
+A sample is a thread seen running (or runnable) at one tick; with ``--jobs`` and the sampling rate,
+each layer's samples become milliseconds per job (wall time of busy threads: on a loaded machine
+this includes time spent waiting for a core).
 """
 
 from __future__ import annotations
@@ -52,12 +56,16 @@ def waits(leaf: str) -> bool:
     return any(marker in line for marker in ("_queue.get()", '"COMMIT"', "wait(", ".get(block"))
 
 
+#: Where tarefa's source of the profiled server is (``--src``: an older checkout's).
+SOURCE = [Path(__file__).resolve().parent.parent / "src"]
+
+
 def _source_line(leaf: str) -> str:
     found = re.search(r"\(([^():]+):(\d+)\)$", leaf)
     if found is None:
         return ""
     name, number = found.group(1), int(found.group(2))
-    for root in [Path(__file__).resolve().parent.parent / "src", *(Path(p) for p in sys.path if p)]:
+    for root in [SOURCE[0], *(Path(p) for p in sys.path if p)]:
         candidate = root / name
         if candidate.is_file():
             lines = candidate.read_text(errors="replace").splitlines()
@@ -88,7 +96,11 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("profile", type=Path)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--jobs", type=int, default=0, help="jobs the profile covers: adds ms per job")
+    parser.add_argument("--rate", type=float, default=250.0, help="py-spy's samples per second")
+    parser.add_argument("--src", type=Path, default=SOURCE[0], help="the profiled tarefa's src directory")
     args = parser.parse_args()
+    SOURCE[0] = args.src
     by_thread, functions = summarise(args.profile)
     total = sum(sum(c.values()) for c in by_thread.values())
     everything: collections.Counter[str] = collections.Counter()
@@ -97,14 +109,20 @@ def main() -> int:
     for thread, counts in sorted(by_thread.items(), key=lambda kv: -sum(kv[1].values())):
         everything.update(counts)
         print(f"| {thread} | {sum(counts.values())} | {sum(counts.values()) / total:.0%} |")
-    print("\n| layer | share of all samples | main thread |\n|---|---|---|")  # waiting included
+    waiting = "(waiting, not CPU)"
+    busy = total - everything[waiting] or 1
     main_thread = by_thread.get("MainThread", collections.Counter())
-    main_total = sum(main_thread.values()) or 1
+    main_busy = sum(main_thread.values()) - main_thread[waiting] or 1
+    per_job = f" ms per job ({args.jobs} jobs, {args.rate:g} Hz) |" if args.jobs else ""
+    print(f"\n| layer | share of busy samples | share of the main thread's |{per_job}")
+    print("|---|---|---|" + ("---|" if args.jobs else ""))
     for layer, count in everything.most_common():
-        print(f"| {layer} | {count / total:.1%} | {main_thread[layer] / main_total:.1%} |")
+        shares = "| | |" if layer == waiting else f"| {count / busy:.1%} | {main_thread[layer] / main_busy:.1%} |"
+        ms = f" {count / args.rate * 1000 / args.jobs:.3f} |" if args.jobs else ""
+        print(f"| {layer} {shares}{ms}")
     print(f"\nTop {args.top} functions (own time):\n")
     for leaf, count in functions.most_common(args.top):
-        print(f"- {count / total:.1%} {leaf}")
+        print(f"- {count / total:.1%} {leaf}" + (" (waiting)" if waits(leaf) else ""))
     return 0
 
 

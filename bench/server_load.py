@@ -25,6 +25,7 @@ from pathlib import Path
 
 import orjson
 from bench import services
+from bench.procs import raise_fd_limit
 from bench.systems.tarefa_systems import serve
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -59,8 +60,11 @@ class Caller:
         return int(status_line.split()[1]), orjson.loads(data)
 
 
-async def drive(port: int, jobs: int, concurrency: int, flow: str) -> tuple[float, list[float], int]:
+async def drive(
+    port: int, jobs: int, concurrency: int, flow: str, sleep: float = 0.0, lags: list[float] | None = None
+) -> tuple[float, list[float], int]:
     latencies: list[float] = []
+    kind, payload = ("sleep", orjson.dumps({"seconds": sleep})) if sleep else ("noop", b'{"n":1}')
     left = [jobs]
     callers = [Caller(*await asyncio.open_connection("127.0.0.1", port)) for _ in range(concurrency)]
 
@@ -68,8 +72,8 @@ async def drive(port: int, jobs: int, concurrency: int, flow: str) -> tuple[floa
         while left[0] > 0:
             left[0] -= 1
             began = time.perf_counter()
-            path = "/api/noop?return_timeout=30" if flow == "return" else "/api/noop"
-            status, body = await caller.request("POST", path, b'{"n":1}')
+            path = f"/api/{kind}?return_timeout=30" if flow == "return" else f"/api/{kind}"
+            status, body = await caller.request("POST", path, payload)
             assert status in (200, 202), body
             job = body["job"]
             assert isinstance(job, dict)
@@ -81,6 +85,8 @@ async def drive(port: int, jobs: int, concurrency: int, flow: str) -> tuple[floa
                 assert isinstance(job, dict)
             assert job["state"] == "success", job
             latencies.append(time.perf_counter() - began)
+            if sleep and lags is not None:
+                lags.append(time.time() - float(job["result"]))  # the job returned the time it ended
 
     began = time.perf_counter()
     await asyncio.gather(*(one(c) for c in callers))
@@ -98,7 +104,9 @@ def main() -> int:
     parser.add_argument("--flow", choices=["poll", "return"], default="poll")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw output of the server")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--sleep", type=float, default=0.0, help="jobs sleep this long (W4: 3 s, 1,000 callers)")
     args = parser.parse_args()
+    raise_fd_limit()
     workdir = Path(tempfile.mkdtemp(prefix="tarefa-serverload-"))
     with ExitStack() as stack:
         if args.store.startswith("sqlite"):
@@ -106,7 +114,7 @@ def main() -> int:
         else:
             store = services.fresh_postgres_database()  # API and workers in one process
         port, pid = serve(stack, workdir, store, max(4, args.concurrency), "serve")
-        asyncio.run(drive(port, min(200, args.jobs), args.concurrency, args.flow))  # warm up
+        asyncio.run(drive(port, min(200, args.jobs), min(args.concurrency, 32), args.flow))  # warm up
         spy = None
         if args.profile:
             spy = subprocess.Popen(
@@ -117,13 +125,18 @@ def main() -> int:
             time.sleep(1.0)
         for _ in range(args.repeat):
             cpu0 = cpu_seconds(pid)
-            wall, latencies, requests = asyncio.run(drive(port, args.jobs, args.concurrency, args.flow))
+            lags: list[float] = []
+            wall, latencies, requests = asyncio.run(
+                drive(port, args.jobs, args.concurrency, args.flow, args.sleep, lags)
+            )
             user, system = (b - a for a, b in zip(cpu0, cpu_seconds(pid), strict=True))
             cpu = user + system
             print(f"{args.store} {args.flow} C={args.concurrency}: {args.jobs / wall:,.0f} jobs/s, "
                   f"p50 {statistics.median(latencies) * 1000:.2f} ms, server {cpu / args.jobs * 1000:.2f} CPU ms/job "
                   f"({system / args.jobs * 1000:.2f} system), "
-                  f"{requests / args.jobs:.2f} requests/job", flush=True)  # fmt: skip
+                  f"{requests / args.jobs:.2f} requests/job, wall {wall:.2f} s"
+                  + (f", end-to-answer p50 {statistics.median(lags) * 1000:.0f} ms, max {max(lags) * 1000:.0f} ms"
+                     if lags else ""), flush=True)  # fmt: skip
         if spy is not None:
             spy.send_signal(2)
             spy.wait(30)

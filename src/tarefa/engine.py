@@ -138,6 +138,7 @@ class Engine:
     async def start(self) -> None:
         """Open the store, recover what a crash left, start the workers and the purge."""
         store = self.build_store()
+        self.hub.remember(store.exclusive)
         store.add_listener(self.hub.publish)
         store.add_listener(self.streams.publish)
         self.streams.reopen(store)
@@ -147,6 +148,7 @@ class Engine:
             store, self.operations, concurrency=self.workers, lease_seconds=self.lease_seconds, metrics=self.metrics
         )
         await self._runner.start()
+        self.jobs.runner = self._runner
         if self.workers > 0:
             self._sender = CallbackSender(
                 store, self.callback_settings, self.render_callback, worker_id=self._runner.worker_id,
@@ -157,6 +159,7 @@ class Engine:
 
     def begin_shutdown(self) -> None:
         """First step of a graceful stop: answer long polls and end streams now, take no new jobs."""
+        self.jobs.runner = None
         self.hub.close()
         self.streams.close()
         if self._runner is not None:

@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import model
 from .model import Job, JobEvent
@@ -23,6 +23,9 @@ from .store import Created, Idempotency, JobQuery, JobStore, Precondition, Resou
 from .store.outbox import CallbackAttempt
 from .values import check_text, text_problem
 from .waiting import ChangeHub
+
+if TYPE_CHECKING:
+    from .runner import Runner
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,9 @@ class Jobs:
         self._store = store
         self._operations = operations
         self._hub = hub
+        #: The runner of this process (set by the engine while it runs): a new job it can run at
+        #: once is claimed in its insert's transaction (one commit for both).
+        self.runner: Runner | None = None
 
     @property
     def store(self) -> JobStore:
@@ -115,13 +121,21 @@ class Jobs:
             max_attempts=declared.max_attempts,
             callback=callback,
         )
+        runner = self.runner
+        claim = runner.reserve(operation) if runner is not None else None
+        claimed: Job | None = None
         try:
-            return await self.store.create_job(
-                job, idempotency=idempotency, resource_key=resource_key, precondition=precondition
+            created = await self.store.create_job(
+                job, idempotency=idempotency, resource_key=resource_key, precondition=precondition, claim=claim
             )
+            claimed = created.claimed
+            return created
         except ResourceBusy as exc:
             holder = await self.store.get_job(exc.job_id, viewer.owner_filter) if exc.job_id else None
             raise ResourceBusy(exc.resource_key, holder.id if holder else "") from None
+        finally:
+            if runner is not None and claim is not None:
+                runner.claimed(claimed)
 
     async def replay(self, viewer: Viewer, idempotency: Idempotency) -> Created | None:
         """The job ``viewer`` first started with this key, as it is now; None for a new key.
@@ -137,10 +151,17 @@ class Jobs:
     async def get(self, viewer: Viewer, job_id: str) -> Job:
         """The job as it is now (:class:`JobNotFound`)."""
         _check_id(job_id)
-        job = await self.store.get_job(job_id, viewer.owner_filter)
+        job = await self._current(viewer, job_id)
         if job is None:
             raise JobNotFound(job_id)
         return job
+
+    async def _current(self, viewer: Viewer, job_id: str) -> Job | None:
+        """The job now: as the hub last saw it change if it remembers it, else from the store."""
+        known = self._hub.known(job_id)
+        if known is not None:
+            return known if viewer.sees(known) else None
+        return await self.store.get_job(job_id, viewer.owner_filter)
 
     async def wait_for_change(self, viewer: Viewer, job_id: str, *, baseline: datetime | None, timeout: float) -> Job:
         """A long poll (SPEC §3): the job once its ``last_modified`` is later than ``baseline``
@@ -148,7 +169,7 @@ class Jobs:
         :class:`JobNotFound` if unknown, or deleted while waiting. No store query while waiting."""
         _check_id(job_id)
         job = await self._hub.wait_for_change(
-            job_id, lambda: self.store.get_job(job_id, viewer.owner_filter), baseline=baseline, timeout=timeout
+            job_id, lambda: self._current(viewer, job_id), baseline=baseline, timeout=timeout
         )
         if job is None:
             raise JobNotFound(job_id)

@@ -8,7 +8,6 @@ recovers jobs whose worker is gone (SPEC §5), and stops gracefully.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import os
@@ -34,7 +33,7 @@ from .operations import (
     OperationRegistry,
     ThreadJobContext,
 )
-from .store import JobChange, Outcome, Store, StoreError, StoreUnavailable
+from .store import Claim, JobChange, Outcome, Store, StoreError, StoreUnavailable
 from .values import UnstorableValue, check_json, storable_text
 
 log = logging.getLogger("tarefa.runner")
@@ -92,6 +91,8 @@ class Runner:
         self.worker_id = worker_id or new_worker_id()
         self.metrics = metrics
         self._running: dict[str, tuple[asyncio.Task[None], JobContext]] = {}
+        self._reserved = 0  # slots promised to claims made with a new job's insert (reserve)
+        self._pending = True  # queued jobs may be waiting for this runner: the claim loop claims
         self._wake = asyncio.Event()
         self._accepting = True
         self._tasks: list[asyncio.Task[None]] = []
@@ -156,36 +157,71 @@ class Runner:
     # -- store events -------------------------------------------------------------------------
 
     def on_changes(self, changes: Sequence[JobChange]) -> None:
-        """Store listener: wake the claim loop for queued jobs; pass cancel requests on."""
+        """Store listener: wake the claim loop for queued jobs; pass cancel requests on. A
+        change that a later one of the same commit supersedes (a job inserted and claimed at
+        once) is passed over."""
+        latest = {change.job_id: change.job for change in changes} if len(changes) > 1 else None
         for change in changes:
             job = change.job
-            if job is None:
+            if job is None or (latest is not None and latest[change.job_id] is not job):
                 continue
             if job.state is JobState.QUEUED and job.operation in self.registry:
+                self._pending = True
                 self._wake.set()
             elif job.cancel_requested and job.id in self._running:
                 self._running[job.id][1]._request_cancel()
 
     # -- claiming -----------------------------------------------------------------------------
 
+    def reserve(self, operation: str) -> Claim | None:
+        """A claim for a new job of ``operation``, to be made in its insert's transaction (one
+        commit for both), if this runner has a free slot for it now; then :meth:`claimed` must
+        follow, with the claimed job or None."""
+        if not self._accepting or operation not in self.registry:
+            return None
+        if self.concurrency - len(self._running) - self._reserved <= 0:
+            return None
+        self._reserved += 1
+        return Claim(self.worker_id, self.lease_seconds)
+
+    def claimed(self, job: Job | None) -> None:
+        """The end of a :meth:`reserve`: run the job claimed with its insert (None: not claimed).
+        The claim has committed: the job runs here, even if a stop has begun (the stop then
+        treats it as any running job)."""
+        self._reserved -= 1
+        if job is not None:
+            self._launch(job)
+        else:
+            self._wake.set()  # the slot is free again
+
     async def _claim_loop(self) -> None:
+        """Claim while queued jobs may be waiting: at start, after a queued change, after a
+        claim that filled every free slot, after an error, and at each safety-net poll. A slot
+        that frees up with nothing known to be queued costs no store call."""
         operations = list(self.registry)
+        self._pending = True
         while self._accepting:
-            free = self.concurrency - len(self._running)
+            free = self.concurrency - len(self._running) - self._reserved
             self._wake.clear()
             jobs: list[Job] = []
-            if free > 0:
+            if free > 0 and self._pending:
+                self._pending = False
                 try:
                     jobs = await self.store.claim_jobs(
                         self.worker_id, operations=operations, limit=free, lease_seconds=self.lease_seconds
                     )
                 except StoreError as exc:
                     log.warning("cannot claim jobs: %s", exc)
+                    self._pending = True
+                if len(jobs) >= free:
+                    self._pending = True  # there may be more
             for job in jobs:
                 self._launch(job)
             if len(jobs) < free or free <= 0:
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                except TimeoutError:
+                    self._pending = True  # the safety net: a change may have been missed
 
     def _recovered(self, jobs: Sequence[Job]) -> None:
         if self.metrics is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import importlib.util
 import ipaddress
 import logging
 import os
@@ -165,13 +166,20 @@ async def _watch_descriptors(every: float = 1.0, quiet: float = 10.0) -> None:
                         "close: raise the limit (ulimit -n) or lower the load", used, limit)  # fmt: skip
 
 
+def _has_uvloop() -> bool:
+    return importlib.util.find_spec("uvloop") is not None
+
+
 def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, access_log: bool = False,
         log_level: str = "info", log_format: str = "text", limits: ServerLimits | None = None,
-        ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:  # fmt: skip
+        ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
+        proxy_headers: bool = False) -> None:  # fmt: skip
     """Serve ``app`` (with its mounted Tarefa) until SIGTERM/SIGINT, then stop gracefully.
 
     ``limits`` (default: :meth:`ServerLimits.from_env`) bound what one client may cost; with
-    ``ssl_certfile`` and ``ssl_keyfile``, it serves HTTPS."""
+    ``ssl_certfile`` and ``ssl_keyfile``, it serves HTTPS. ``proxy_headers``: take the client's
+    address and scheme from ``X-Forwarded-For``/``-Proto`` sent by a proxy on loopback (off
+    by default: each request pays for the check, and nothing in tarefa needs them)."""
     configure_logging(log_format, log_level)
     limits = limits or ServerLimits.from_env()
     raise_descriptor_limit()
@@ -179,8 +187,9 @@ def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, access_log: 
         BodyLimitMiddleware(app, limits.max_body),
         host=host,
         port=port,
-        loop="auto",
-        http=protocol_class(ReadTimeouts(limits.header_timeout, limits.body_timeout)),
+        loop="uvloop" if _has_uvloop() else "asyncio",
+        http=protocol_class(ReadTimeouts(limits.header_timeout, limits.body_timeout)),  # httptools
+        proxy_headers=proxy_headers,
         lifespan="on",
         access_log=access_log,
         log_level=log_level,

@@ -2,10 +2,17 @@
 
 The :class:`ChangeHub` listens to the store's committed changes and fans each one out to every
 request waiting on that job. A waiting request is a future and a timer: it costs no CPU and no
-store query until its job changes or its time is up.
+store query until its job changes or its time is up. The timers are shared: one per slice of
+time in which waits end (:class:`Deadlines`), not one per wait.
 
 No lost wake-up: a request registers its watch *before* it reads the job, so a change that
 commits between the read and the wait is already recorded on the watch.
+
+On a store this process alone writes (``exclusive``: SQLite, memory), every committed change
+passes through the hub, in commit order; so the hub remembers the latest jobs it saw
+(:meth:`ChangeHub.known`, up to :data:`REMEMBERED_JOBS`), and a poll of a recently changed job
+is answered with no store read. A change committed but not yet delivered is no lost wake-up: the
+watch is registered first, and the delivery wakes it.
 
 The hub also counts changes (a *generation*, per owner), so that a dashboard can wait for "any
 change I may see after token T" (:meth:`ChangeHub.wait_for_any`) with no store query per waiter.
@@ -22,6 +29,8 @@ from .model import Job
 from .store import JobChange
 
 _DELETED = object()
+#: Jobs the hub remembers (the most recently changed) when it sees every change of the store.
+REMEMBERED_JOBS = 4096
 
 
 class _Watch:
@@ -57,6 +66,47 @@ def _settle(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+#: Deadlines are rounded up to this many seconds: waits that end in one such slice share a timer.
+DEADLINE_SLICE = 0.01
+
+
+class Deadlines:
+    """One timer per slice of time in which waits end, not one per wait: a thousand long polls
+    with the same timeout make a handful of timers, and a wait that ends early costs a set
+    removal, not a cancelled timer left in the loop's heap. A wait ends at most
+    :data:`DEADLINE_SLICE` late. No timer exists while nothing waits."""
+
+    def __init__(self) -> None:
+        self._slices: dict[int, tuple[asyncio.TimerHandle, set[asyncio.Future[None]]]] = {}
+
+    def add(self, loop: asyncio.AbstractEventLoop, deadline: float, future: asyncio.Future[None]) -> int:
+        """Settle ``future`` at ``deadline`` (the loop's clock); returns the slice, for :meth:`remove`."""
+        key = -int(-deadline // DEADLINE_SLICE)  # rounded up
+        entry = self._slices.get(key)
+        if entry is None:
+            entry = (loop.call_at(key * DEADLINE_SLICE, self._fire, key), set())
+            self._slices[key] = entry
+        entry[1].add(future)
+        return key
+
+    def remove(self, key: int, future: asyncio.Future[None]) -> None:
+        entry = self._slices.get(key)
+        if entry is not None:
+            entry[1].discard(future)
+            if not entry[1]:
+                entry[0].cancel()
+                del self._slices[key]
+
+    def _fire(self, key: int) -> None:
+        entry = self._slices.pop(key, None)
+        if entry is not None:
+            for future in entry[1]:
+                _settle(future)
+
+    def __len__(self) -> int:
+        return len(self._slices)
+
+
 class ChangeHub:
     """Fans committed job changes out to waiting requests (register it as a store listener)."""
 
@@ -70,6 +120,28 @@ class ChangeHub:
         self._owner_generation: dict[str, int] = {}
         self._deleted_generation = 0
         self._any: set[asyncio.Future[None]] = set()
+        self.deadlines = Deadlines()
+        self._remember = 0
+        self._known: dict[str, Job] = {}
+
+    def remember(self, every_change: bool, size: int = REMEMBERED_JOBS) -> None:
+        """``every_change``: the store's every commit reaches :meth:`publish` (an exclusive
+        store), so the latest jobs seen may answer reads (:meth:`known`); else remember none."""
+        self._remember = size if every_change else 0
+        self._known.clear()
+
+    def known(self, job_id: str) -> Job | None:
+        """The job as its latest committed change left it, if the hub remembers it."""
+        return self._known.get(job_id)
+
+    def _note(self, changes: Sequence[JobChange]) -> None:
+        known = self._known
+        for change in changes:
+            known.pop(change.job_id, None)  # re-inserted last: the dict's order is the age
+            if change.job is not None:
+                known[change.job_id] = change.job
+        while len(known) > self._remember:
+            del known[next(iter(known))]
 
     @property
     def waiting(self) -> int:
@@ -80,6 +152,8 @@ class ChangeHub:
         """Store listener: wake every request waiting on a changed job."""
         if changes:
             self._count(changes)
+            if self._remember:
+                self._note(changes)
         for change in changes:
             for watch in self._watches.get(change.job_id, ()):
                 watch.offer(change.job)
@@ -121,11 +195,11 @@ class ChangeHub:
                 break
             future: asyncio.Future[None] = loop.create_future()
             self._any.add(future)
-            timer = loop.call_later(remaining, _settle, future)
+            key = self.deadlines.add(loop, deadline, future)
             try:
                 await future
             finally:
-                timer.cancel()
+                self.deadlines.remove(key, future)
                 self._any.discard(future)
         return self.token(owner)
 
@@ -170,20 +244,19 @@ class ChangeHub:
                 if self.on_wakeup is not None and job.last_modified > baseline:
                     self.on_wakeup(job)
                 continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
+            if deadline - loop.time() <= 0:
                 break
-            await self._sleep(watch, loop, remaining)
+            await self._sleep(watch, loop, deadline)
         return job
 
-    @staticmethod
-    async def _sleep(watch: _Watch, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
-        watch.wakeup = loop.create_future()
-        timer = loop.call_later(seconds, watch._wake)
+    async def _sleep(self, watch: _Watch, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        wakeup: asyncio.Future[None] = loop.create_future()
+        watch.wakeup = wakeup
+        key = self.deadlines.add(loop, deadline, wakeup)
         try:
-            await watch.wakeup
+            await wakeup
         finally:
-            timer.cancel()
+            self.deadlines.remove(key, wakeup)
             watch.wakeup = None
 
     def _forget(self, watch: _Watch) -> None:

@@ -224,6 +224,7 @@ async def test_change_committed_between_the_read_and_the_wait_still_wakes(idle: 
     job = (await idle.start()).json()["job"]
     store = idle.jobs.store
     original = store.get_job
+    idle.jobs.hub.remember(False)  # the job is read from the store (the next test: from the hub)
 
     async def read_then_cancel(job_id: str, owner: str | None = None) -> model.Job | None:
         found = await original(job_id, owner)
@@ -235,6 +236,26 @@ async def test_change_committed_between_the_read_and_the_wait_still_wakes(idle: 
     response = await idle.client.get(f"/api/jobs/{job['id']}", params={"poll_timeout": 30})
     assert time.perf_counter() - started < 1.0
     assert response.json()["record"]["state"] == "failure"
+
+
+async def test_change_committed_after_the_hub_answered_the_read_still_wakes(idle: Api) -> None:
+    job = (await idle.start()).json()["job"]
+    hub, store = idle.jobs.hub, idle.jobs.store
+    original = hub.known
+    assert original(job["id"]) is not None  # an exclusive store: the hub remembers the new job
+    cancelling: list[asyncio.Task[Any]] = []
+
+    def known_then_cancel(job_id: str) -> model.Job | None:
+        found = original(job_id)
+        if found is not None and not cancelling:  # commits after the read, before the wait
+            cancelling.append(asyncio.ensure_future(store.cancel_job(job_id)))
+        return found
+
+    hub.known = known_then_cancel  # type: ignore[method-assign]
+    started = time.perf_counter()
+    response = await idle.client.get(f"/api/jobs/{job['id']}", params={"poll_timeout": 30})
+    assert time.perf_counter() - started < 1.0
+    assert response.json()["record"]["state"] == "failure" and cancelling
 
 
 async def test_long_poll_baseline_forms(api: Api) -> None:
@@ -507,6 +528,7 @@ async def test_an_unavailable_store_is_503_with_retry_after(idle: Api) -> None:
         raise StoreUnavailable("connection refused")
 
     idle.jobs.store.get_job = down  # type: ignore[method-assign]
+    idle.jobs.hub.remember(False)  # a job the hub remembers is answered without the store
     response = await idle.client.get(f"/api/jobs/{job['id']}")
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert response.json()["error"]["code"] == "store_unavailable" and response.headers["request-id"]

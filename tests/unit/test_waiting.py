@@ -173,3 +173,30 @@ async def test_idle_waiters_have_no_timers_but_their_own() -> None:
     assert jobs.reads == 100
     hub.close()
     await asyncio.gather(*waiters)
+
+
+async def test_many_waits_share_their_timers_and_none_is_left_after() -> None:
+    hub, jobs = ChangeHub(), Jobs(running())
+    job = jobs.job
+    assert job is not None
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    waiters = [
+        asyncio.create_task(hub.wait_for_change(job.id, jobs.read, baseline=None, timeout=0.3)) for _ in range(1000)
+    ]
+    await asyncio.sleep(0.05)
+    assert hub.waiting == 1000 and 1 <= len(hub.deadlines) <= 10  # one timer per 10 ms slice, not per wait
+    changed = model.report(job, now=model.utcnow(), progress=10)
+    half = waiters[:500]
+    hub.publish([JobChange(job.id, changed)])  # every waiter of the job wakes: no timer is left
+    assert all(result == changed for result in await asyncio.wait_for(asyncio.gather(*half), 2))
+    await asyncio.gather(*waiters)
+    assert len(hub.deadlines) == 0 and hub.waiting == 0
+    # timeouts: each answers after its time, at most one slice (and the loop's lag) late
+    started = loop.time()
+    results = await asyncio.gather(
+        *(hub.wait_for_change(job.id, jobs.read, baseline=None, timeout=0.2) for _ in range(200))
+    )
+    elapsed = loop.time() - started
+    assert all(result == job for result in results) and 0.2 <= elapsed < 0.4
+    assert len(hub.deadlines) == 0

@@ -108,6 +108,9 @@ def serve(
     callback_allow: CallbackAllowOption = None,
     callback_retry_for: CallbackRetryForOption = None,
     callback_backoff: CallbackBackoffOption = None,
+    proxy_headers: Annotated[
+        bool, typer.Option(help="Behind a proxy on loopback: take client addresses from X-Forwarded-For")
+    ] = False,
 ) -> None:
     """Serve the job API: the reference service, or your application with --app."""
     from ..serving import ServerLimits, run
@@ -137,7 +140,8 @@ def serve(
         body_timeout=limits.body_timeout if body_timeout is None else body_timeout,
     )
     run(application, host=host, port=port, access_log=access_log, log_level=log_level.lower(),
-        log_format=log_format, limits=limits, ssl_certfile=tls.certfile, ssl_keyfile=tls.keyfile)  # fmt: skip
+        log_format=log_format, limits=limits, ssl_certfile=tls.certfile, ssl_keyfile=tls.keyfile,
+        proxy_headers=proxy_headers)  # fmt: skip
 
 
 def _check_port(host: str, port: int) -> None:

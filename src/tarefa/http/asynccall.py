@@ -7,17 +7,20 @@ In an application::
         ...  # validate: raise ApiError(409, ...) to refuse before any job exists
         return await call.start("host.register", body, resource=f"/api/hosts/{body.name}")
 
-``asynchronous()`` documents the 202/200 answers in the OpenAPI schema; ``AsyncCall`` reads
-``return_timeout`` and ``Idempotency-Key`` (also documented) and starts the job.
+``asynchronous()`` documents the 202/200 answers in the OpenAPI schema, and the parameters
+``return_timeout`` and ``Idempotency-Key``, which ``AsyncCall`` reads (itself, not through
+FastAPI's parameter solving) before it starts the job.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import parse_qsl
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Request
 from starlette.responses import Response
 
 from ..callbacks import MAX_URL_LENGTH
@@ -26,10 +29,10 @@ from ..model import Job
 from ..store import Idempotency, IdempotencyMismatch, Precondition, ResourceBusy, StoreError
 from ..store.outbox import EVENTS
 from ..values import UnstorableValue
-from .access import SIGNED_IN, Viewing
+from .access import SIGNED_IN, viewer_of
 from .callbacks import CALLBACK_EVENTS, CALLBACK_URL, CALLBACK_URL_FORM, callback_of
 from .errors import ApiError
-from .params import ASCII_DIGITS, IDEMPOTENCY_KEY_FORM, idempotency_key_from
+from .params import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_FORM, ascii_integer, idempotency_key_from, invalid
 from .wire import ErrorBody, JobEnvelope, job_headers, job_to_wire, json_response
 
 if TYPE_CHECKING:
@@ -164,47 +167,16 @@ async def _fingerprint(request: Request, key: str) -> Idempotency:
     return Idempotency(key, digest.hexdigest())
 
 
-async def _async_call(
-    request: Request,
-    viewer: Viewing,
-    return_timeout: Annotated[
-        int,
-        Query(ge=0, le=120, description="Wait up to this many seconds for the job to end (200 if it does)"),
-        ASCII_DIGITS,
-    ] = 0,
-    _idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            description="Repeat a request safely: the same key returns the same job (1 to 255 printable "
-            "characters, UTF-8; send it once)",
-            json_schema_extra={"pattern": IDEMPOTENCY_KEY_FORM},
-        ),
-    ] = None,
-    _callback_url: Annotated[
-        str | None,
-        Header(
-            alias=CALLBACK_URL,
-            description="POST the job's end (every event with Callback-Events: all) to this http(s) URL, signed "
-            "as Standard Webhooks says (docs/callbacks.md). Its host must resolve to public addresses (or to "
-            "networks the server allows), and the server must have a signing secret: else 400",
-            json_schema_extra={"pattern": CALLBACK_URL_FORM, "maxLength": MAX_URL_LENGTH},
-        ),
-    ] = None,
-    _callback_events: Annotated[
-        str | None,
-        Header(
-            alias=CALLBACK_EVENTS,
-            description="all: every event; terminal (the default): the job's end only",
-            json_schema_extra={"enum": list(EVENTS)},
-        ),
-    ] = None,
-) -> JobStarter:
+async def _async_call(request: Request) -> JobStarter:
+    """The :class:`JobStarter` of a request. Its parameters are read here, not declared to
+    FastAPI (solving them cost a sixth of a call's CPU): :func:`asynchronous` documents them."""
     engine = getattr(request.app.state, "tarefa", None)
     if engine is None:
         raise RuntimeError("AsyncCall used in an app where no Tarefa is mounted: call tarefa.mount(app)")
-    callback = await callback_of(request, engine.callback_settings)  # the Headers above document them
-    idempotency_key = idempotency_key_from(request)  # the Header above documents it
+    viewer = await viewer_of(request)
+    return_timeout = return_timeout_from(request)
+    idempotency_key = idempotency_key_from(request)
+    callback = await callback_of(request, engine.callback_settings)
     if idempotency_key is None:
         return JobStarter(engine, viewer, return_timeout, None, callback)
     idempotency = await _fingerprint(request, idempotency_key)
@@ -215,6 +187,72 @@ async def _async_call(
     if replay is not None:
         raise ReplayAnswer(accepted_response(engine, replay.job, replay.answer_status, admin=viewer.shows_owners))
     return JobStarter(engine, viewer, return_timeout, idempotency, callback)
+
+
+MAX_RETURN_TIMEOUT = 120
+_RETURN_TIMEOUT_DOC = "Wait up to this many seconds for the job to end (200 if it does)"
+_IDEMPOTENCY_KEY_DOC = (
+    "Repeat a request safely: the same key returns the same job (1 to 255 printable characters, UTF-8; send it once)"
+)
+_CALLBACK_URL_DOC = (
+    "POST the job's end (every event with Callback-Events: all) to this http(s) URL, signed as Standard Webhooks "
+    "says (docs/callbacks.md). Its host must resolve to public addresses (or to networks the server allows), and "
+    "the server must have a signing secret: else 400"
+)
+_CALLBACK_EVENTS_DOC = "all: every event; terminal (the default): the job's end only"
+#: The parameters of every asynchronous call, as the OpenAPI document shows them.
+PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": "return_timeout",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "maximum": MAX_RETURN_TIMEOUT, "minimum": 0, "default": 0,
+                   "description": _RETURN_TIMEOUT_DOC, "title": "Return Timeout"},
+        "description": _RETURN_TIMEOUT_DOC,
+    },
+    {
+        "name": IDEMPOTENCY_KEY,
+        "in": "header",
+        "required": False,
+        "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "description": _IDEMPOTENCY_KEY_DOC,
+                   "pattern": IDEMPOTENCY_KEY_FORM, "title": IDEMPOTENCY_KEY},
+        "description": _IDEMPOTENCY_KEY_DOC,
+    },
+    {
+        "name": CALLBACK_URL,
+        "in": "header",
+        "required": False,
+        "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "description": _CALLBACK_URL_DOC,
+                   "pattern": CALLBACK_URL_FORM, "maxLength": MAX_URL_LENGTH, "title": CALLBACK_URL},
+        "description": _CALLBACK_URL_DOC,
+    },
+    {
+        "name": CALLBACK_EVENTS,
+        "in": "header",
+        "required": False,
+        "schema": {"anyOf": [{"type": "string", "enum": list(EVENTS)}, {"type": "null"}],
+                   "description": _CALLBACK_EVENTS_DOC, "title": CALLBACK_EVENTS},
+        "description": _CALLBACK_EVENTS_DOC,
+    },
+]  # fmt: skip
+
+
+def return_timeout_from(request: Request) -> int:
+    """``return_timeout`` (0..120 s, plain ASCII digits; the last one if repeated), 0 if absent."""
+    raw: bytes = request.scope.get("query_string", b"")
+    if b"return_timeout" not in raw:
+        return 0
+    values = [v for k, v in parse_qsl(raw.decode("latin-1"), keep_blank_values=True) if k == "return_timeout"]
+    if not values:
+        return 0
+    try:
+        ascii_integer(values[-1])
+    except ValueError as exc:
+        raise invalid("return_timeout", f"query parameter 'return_timeout': Value error, {exc}") from None
+    if int(values[-1]) > MAX_RETURN_TIMEOUT:
+        message = f"query parameter 'return_timeout': Input should be less than or equal to {MAX_RETURN_TIMEOUT}"
+        raise invalid("return_timeout", message)
+    return int(values[-1])
 
 
 #: Annotate an endpoint parameter with this to start a job from it (see module doc).
@@ -243,7 +281,7 @@ def asynchronous(**route_options: Any) -> dict[str, Any]:
         "status_code": 202,
         "response_model": None,
         "responses": responses,
-        "openapi_extra": {"x-tarefa-asynchronous": True},
+        "openapi_extra": {"x-tarefa-asynchronous": True, "parameters": copy.deepcopy(PARAMETERS)},
         "dependencies": [*SIGNED_IN, *route_options.pop("dependencies", [])],
         **route_options,
     }

@@ -14,6 +14,7 @@ from ..store import JobStore
 from .access import Identity
 from .callbacks import callback_routes, render
 from .errors import RequestIdMiddleware, install_error_handlers
+from .fastpath import install_fast_paths
 from .openapi import document_error_bodies
 from .operator import operator_routes
 from .quotas import DEFAULT_MAX_QUEUED_JOBS, DEFAULT_MAX_WAITING_PER_USER, QueueLimit, WaitingLimit
@@ -76,6 +77,7 @@ class Tarefa(Engine):
         app.include_router(job_routes(self), prefix=self.jobs_href)
         app.include_router(events_routes(self), prefix=prefix.rstrip("/"))
         app.include_router(callback_routes(self), prefix=self.jobs_href)
+        install_fast_paths(app, self)
         install_error_handlers(app)
         document_error_bodies(app)
         app.add_middleware(RequestIdMiddleware)

@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .base import (
     ChangeListener,
+    Claim,
     Created,
     EventPage,
     EventQuery,
@@ -36,6 +37,7 @@ from .jobstore import JobStore, Store
 
 __all__ = [
     "ChangeListener",
+    "Claim",
     "Created",
     "DocumentKind",
     "Documents",

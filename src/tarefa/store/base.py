@@ -92,6 +92,17 @@ class Created:
     job: Job
     created: bool
     answer_status: int = 202
+    #: The job as claimed in the same transaction (``create_job(..., claim=...)``), else None.
+    claimed: Job | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Claim the new job in its insert's transaction: ``worker`` holds it for ``lease_seconds``
+    from the commit on; the claim is as durable as the insert, before the operation runs."""
+
+    worker: str
+    lease_seconds: float
 
 
 @dataclass(frozen=True, slots=True)

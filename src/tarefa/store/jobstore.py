@@ -30,6 +30,7 @@ from ..model import Job, JobEvent, JobState
 from . import steps
 from .base import (
     ChangeListener,
+    Claim,
     Created,
     EventPage,
     EventQuery,
@@ -112,6 +113,7 @@ class JobStore(ABC):
         idempotency: Idempotency | None = None,
         resource_key: str | None = None,
         precondition: Precondition | None = None,
+        claim: Claim | None = None,
     ) -> Created:
         """Insert a ``queued`` job durably, atomically with its checks.
 
@@ -121,8 +123,11 @@ class JobStore(ABC):
         - resource_key given and held by a non-terminal job → :class:`ResourceBusy`.
         - precondition given: its check runs on the document, locked, in the same transaction;
           what it raises is raised here, and nothing is inserted.
+        - claim given: the inserted job is also claimed (``running`` under the claim's lease) in
+          the same transaction, as :meth:`claim_jobs` would (``Created.claimed``): a fast job's
+          accept and claim share one commit.
         """
-        return await self._write(lambda: _create(job, idempotency, resource_key, precondition))
+        return await self._write(lambda: _create(job, idempotency, resource_key, precondition, claim))
 
     async def insert_documents(self, documents: Sequence[tuple[str, str, dict[str, Any]]]) -> bool:
         """Insert every ``(kind, key, data)``, in one transaction, or none of them (False) if any
@@ -293,7 +298,11 @@ def _one(step: Any) -> Program[Any]:
 
 
 def _create(
-    job: Job, idempotency: Idempotency | None, resource_key: str | None, precondition: Precondition | None
+    job: Job,
+    idempotency: Idempotency | None,
+    resource_key: str | None,
+    precondition: Precondition | None,
+    claim: Claim | None = None,
 ) -> Program[Created]:
     # Each step sees the latest commits, so a conflict found by the insert is visible to the
     # lookups that follow; a conflicting job that ended meanwhile means: try again.
@@ -307,7 +316,13 @@ def _create(
         event = yield steps.InsertJob(job, resource_key, idempotency)
         if event is not None:
             yield from _queue_callbacks(((job, event),))
-            return Created(job, created=True)
+            if claim is None:
+                return Created(job, created=True)
+            now = model.utcnow()
+            expires = now + timedelta(seconds=claim.lease_seconds)
+            started = model.start(job, now=now, worker=claim.worker, lease_expires=expires)
+            yield from _saved((started,))
+            return Created(job, created=True, claimed=started)
         if resource_key is not None:
             holder = yield steps.LoadResourceHolder(resource_key)
             if holder is not None:

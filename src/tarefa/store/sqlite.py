@@ -1,7 +1,10 @@
 """The embedded store: one SQLite file in WAL mode, used by one process.
 
 Writes go through one writer thread that commits in groups (see :mod:`.sqlite_connection`);
-reads use a second connection on its own thread, so a slow fsync never delays a poll. The file
+reads use a second connection on its own thread, so a slow fsync never delays a poll. A job read
+by its id (every standard and long poll) is one indexed row: it is read on the event loop itself,
+on a third connection that never waits for a lock (WAL readers do not wait for the writer; in the
+rare case SQLite says busy, the read goes to the reader thread), which saves two thread switches. The file
 is locked for the life of the store: a second process opening it gets a clear error instead of
 "recovering" jobs that the first one is running. The job rules are :class:`.JobStore`'s; this
 module only says how SQLite does each step.
@@ -29,7 +32,7 @@ from .columns import MUTABLE_COLUMNS, Codec, json_text
 from .documents import Documents
 from .jobstore import JobStore
 from .outbox import CallbackAttempt, CallbackDelivery
-from .sqlite_connection import ConnectionThread, Work
+from .sqlite_connection import ConnectionThread, Work, _as_store_error
 from .steps import Program, numbered, run
 
 T = TypeVar("T")
@@ -39,6 +42,7 @@ WAL_CHECKPOINT_PAGES = 100
 #: The size the WAL file is cut back to after a checkpoint, in bytes.
 WAL_SIZE_LIMIT = 512 * 1024
 NO_CHANGES: tuple[JobChange, ...] = ()
+_BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 CODEC = Codec(
     encoders={"time": model.to_microseconds, "json": json_text, "bool": int},
     decoders={"time": model.from_microseconds, "json": orjson.loads, "bool": bool},
@@ -247,6 +251,7 @@ class SQLiteStore(JobStore, Documents):
         self.synchronous = synchronous.upper()
         self._writer: ConnectionThread | None = None
         self._reader: ConnectionThread | None = None
+        self._inline: sqlite3.Connection | None = None  # the event loop's own, for reads by id
         self._lock_fd: int | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -271,6 +276,7 @@ class SQLiteStore(JobStore, Documents):
         )
         await reader.started()
         self._writer, self._reader = writer, reader
+        self._inline = self._connect_reader(busy_timeout=0)
 
     async def upgrade(self) -> int:
         """Open (which migrates the schema) and tell the version."""
@@ -278,8 +284,10 @@ class SQLiteStore(JobStore, Documents):
         return len(sql.MIGRATIONS)
 
     async def close(self) -> None:
-        writer, reader = self._writer, self._reader
-        self._writer = self._reader = None
+        writer, reader, inline = self._writer, self._reader, self._inline
+        self._writer = self._reader = self._inline = None
+        if inline is not None:
+            inline.close()
         for thread in (writer, reader):
             if thread is not None:
                 await thread.stop()
@@ -306,9 +314,9 @@ class SQLiteStore(JobStore, Documents):
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, busy_timeout: int = 10000) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute(f"PRAGMA busy_timeout = {busy_timeout}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         # Checkpoint every ~400 KB of WAL and cut the file back after, so it stays small.
@@ -321,10 +329,23 @@ class SQLiteStore(JobStore, Documents):
         migrate(conn)
         return conn
 
-    def _connect_reader(self) -> sqlite3.Connection:
-        conn = self._connect()
+    def _connect_reader(self, busy_timeout: int = 10000) -> sqlite3.Connection:
+        conn = self._connect(busy_timeout)
         conn.execute("PRAGMA query_only = 1")
         return conn
+
+    async def get_job(self, job_id: str, owner: str | None = None) -> Job | None:
+        conn = self._inline
+        if conn is not None:
+            try:
+                found: Job | None = Steps(conn).do(steps.LoadJob(job_id, owner))
+                return found
+            except sqlite3.OperationalError as exc:
+                if (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF not in _BUSY:
+                    raise _as_store_error(exc) from None
+            except sqlite3.Error as exc:
+                raise _as_store_error(exc) from None
+        return await super().get_job(job_id, owner)  # busy: the reader thread waits for it
 
     async def _call(self, work: Work[T]) -> T:
         if self._writer is None:

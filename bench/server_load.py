@@ -1,0 +1,147 @@
+"""The server alone: a lean HTTP/1.1 caller (bare asyncio streams, ~30 µs a request) drives
+``tarefa serve`` so that the server, not the client, is what is measured and profiled.
+
+    python -m bench.server_load [--store sqlite|postgres] [--jobs 2000] [--concurrency 32]
+        [--flow poll|return] [--profile OUT.txt] [--repeat 1]
+
+``poll`` is what the client does without ``return_timeout``: POST, then long polls until the
+job ends; ``return`` is one POST with ``return_timeout``. Printed: jobs/s, p50 ms, server CPU ms
+per job (from /proc, the server process and its threads) and HTTP requests per job. With
+``--profile``, py-spy records the server (raw collapsed stacks, by thread) for the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import orjson
+from bench import services
+from bench.procs import raise_fd_limit
+from bench.systems.tarefa_systems import serve
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process and all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+
+
+class Caller:
+    """One keep-alive connection; a request is written whole and its answer read by length."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.requests = 0
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, object]]:
+        head = f"{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n"
+        if body:
+            head += "content-type: application/json\r\n"
+        self.writer.write(head.encode() + b"\r\n" + body)
+        self.requests += 1
+        status_line = await self.reader.readline()
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        data = await self.reader.readexactly(length) if length else b"{}"
+        return int(status_line.split()[1]), orjson.loads(data)
+
+
+async def drive(
+    port: int, jobs: int, concurrency: int, flow: str, sleep: float = 0.0, lags: list[float] | None = None
+) -> tuple[float, list[float], int]:
+    latencies: list[float] = []
+    kind, payload = ("sleep", orjson.dumps({"seconds": sleep})) if sleep else ("noop", b'{"n":1}')
+    left = [jobs]
+    callers = [Caller(*await asyncio.open_connection("127.0.0.1", port)) for _ in range(concurrency)]
+
+    async def one(caller: Caller) -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            began = time.perf_counter()
+            path = f"/api/{kind}?return_timeout=30" if flow == "return" else f"/api/{kind}"
+            status, body = await caller.request("POST", path, payload)
+            assert status in (200, 202), body
+            job = body["job"]
+            assert isinstance(job, dict)
+            while job["state"] not in ("success", "failure"):
+                path = f"/api/jobs/{job['id']}?poll_timeout=30&last_modified={job['last_modified']}"
+                status, body = await caller.request("GET", path)
+                assert status == 200, body
+                job = body["record"]  # type: ignore[assignment]
+                assert isinstance(job, dict)
+            assert job["state"] == "success", job
+            latencies.append(time.perf_counter() - began)
+            if sleep and lags is not None:
+                lags.append(time.time() - float(job["result"]))  # the job returned the time it ended
+
+    began = time.perf_counter()
+    await asyncio.gather(*(one(c) for c in callers))
+    wall = time.perf_counter() - began
+    for caller in callers:
+        caller.writer.close()
+    return wall, latencies, sum(c.requests for c in callers)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--store", choices=["sqlite", "sqlite-normal", "postgres"], default="sqlite")
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--flow", choices=["poll", "return"], default="poll")
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy raw output of the server")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--sleep", type=float, default=0.0, help="jobs sleep this long (W4: 3 s, 1,000 callers)")
+    args = parser.parse_args()
+    raise_fd_limit()
+    workdir = Path(tempfile.mkdtemp(prefix="tarefa-serverload-"))
+    with ExitStack() as stack:
+        if args.store.startswith("sqlite"):
+            store = f"sqlite:///{workdir}/load.db" + ("?synchronous=normal" if args.store.endswith("normal") else "")
+        else:
+            store = services.fresh_postgres_database()  # API and workers in one process
+        port, pid = serve(stack, workdir, store, max(4, args.concurrency), "serve")
+        asyncio.run(drive(port, min(200, args.jobs), min(args.concurrency, 32), args.flow))  # warm up
+        spy = None
+        if args.profile:
+            spy = subprocess.Popen(
+                [*"py-spy record --format raw --threads --rate 250 -o".split(), str(args.profile), "-p", str(pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1.0)
+        for _ in range(args.repeat):
+            cpu0 = cpu_seconds(pid)
+            lags: list[float] = []
+            wall, latencies, requests = asyncio.run(
+                drive(port, args.jobs, args.concurrency, args.flow, args.sleep, lags)
+            )
+            user, system = (b - a for a, b in zip(cpu0, cpu_seconds(pid), strict=True))
+            cpu = user + system
+            print(f"{args.store} {args.flow} C={args.concurrency}: {args.jobs / wall:,.0f} jobs/s, "
+                  f"p50 {statistics.median(latencies) * 1000:.2f} ms, server {cpu / args.jobs * 1000:.2f} CPU ms/job "
+                  f"({system / args.jobs * 1000:.2f} system), "
+                  f"{requests / args.jobs:.2f} requests/job, wall {wall:.2f} s"
+                  + (f", end-to-answer p50 {statistics.median(lags) * 1000:.0f} ms, max {max(lags) * 1000:.0f} ms"
+                     if lags else ""), flush=True)  # fmt: skip
+        if spy is not None:
+            spy.send_signal(2)
+            spy.wait(30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -149,7 +149,7 @@ class Engine:
         )
         await self._runner.start()
         self.jobs.runner = self._runner
-        if self.workers > 0:
+        if self.workers > 0 and self.callback_settings.signer is not None:  # never unsigned: no secret, no delivery
             self._sender = CallbackSender(
                 store, self.callback_settings, self.render_callback, worker_id=self._runner.worker_id,
                 lease_seconds=self.lease_seconds, metrics=self.metrics,

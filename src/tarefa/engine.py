@@ -131,7 +131,7 @@ class Engine:
         store = self.build_store()
         store.add_listener(self.hub.publish)
         store.add_listener(self.streams.publish)
-        self.streams.reopen()
+        self.streams.reopen(store)
         await store.open()
         self._store = store
         self._runner = Runner(

@@ -37,6 +37,8 @@ log = logging.getLogger("tarefa.streams")
 PAGE = 500
 #: Deliveries a stream may hold unread; beyond, it drops them and reads from the store instead.
 MAX_PENDING = 10_000
+#: Encodings of the latest events kept for the streams that send them (see EventStreams.encoded).
+ENCODED_KEPT = 4096
 #: Seconds between two comment lines of an idle stream (SPEC §10: at most 15).
 DEFAULT_HEARTBEAT = 15.0
 
@@ -106,18 +108,23 @@ class EventStreams:
         self._by_job: dict[str, set[Subscription]] = {}
         self._global: set[Subscription] = set()
         self._closing = False
+        self._ordered = True  # the store commits events in seq order (set by reopen)
         self._sequencer = _Sequencer(store, self._global)
         #: Seconds between comment lines on an idle stream (``TAREFA_STREAM_HEARTBEAT``).
         self.heartbeat = _heartbeat_from_env()
+        self._encoded: dict[int, bytes] = {}
 
     @property
     def open(self) -> int:
         """How many streams are open in this process."""
         return sum(len(subs) for subs in self._by_job.values()) + len(self._global)
 
-    def reopen(self) -> None:
-        """Take streams again (a started engine); :meth:`close` ends them."""
+    def reopen(self, store: JobStore) -> None:
+        """Take streams again, from ``store`` (a started engine); :meth:`close` ends them."""
         self._closing = False
+        self._encoded.clear()  # another store (memory://) may give the same seqs again
+        self._ordered = store.exclusive  # one process, one writer: seq order is commit order
+        self._sequencer.ordered = store.exclusive
 
     def close(self) -> None:
         """Graceful stop: every open stream ends now (a client resumes later with its last id)."""
@@ -125,11 +132,21 @@ class EventStreams:
         for sub in (*self._global, *(s for subs in self._by_job.values() for s in subs)):
             sub.end()
 
+    def encoded(self, event: JobEvent, encode: Callable[[JobEvent], bytes]) -> bytes:
+        """``encode(event)``, done once for every stream the event goes to (they send it at
+        about the same time): the latest :data:`ENCODED_KEPT` encodings are kept, by ``seq``."""
+        found = self._encoded.get(event.seq)
+        if found is None:
+            found = self._encoded[event.seq] = encode(event)
+            if len(self._encoded) > ENCODED_KEPT:
+                del self._encoded[next(iter(self._encoded))]
+        return found
+
     # -- the fan-out --------------------------------------------------------------------------------
 
     def publish(self, changes: Sequence[JobChange]) -> None:
         """Store listener: hand each committed event to every stream that shows it."""
-        ordered = self._store().exclusive
+        ordered = self._ordered
         for change in changes:
             self._to_job_streams(change)
             if ordered and self._global:
@@ -301,9 +318,10 @@ class _Sequencer:
         self._horizon: int | None = None
         self._dirty = False
         self._task: asyncio.Task[None] | None = None
+        self.ordered = True
 
     def poke(self) -> None:
-        if self._store().exclusive:
+        if self.ordered:
             return
         self._dirty = True
         if self._task is None or self._task.done():
@@ -322,17 +340,22 @@ class _Sequencer:
                 log.warning("cannot read the events to stream yet: %s", exc)
                 self._dirty = True
                 await asyncio.sleep(0.5)
+            except RuntimeError:  # the engine stopped meanwhile
+                return
 
     async def _advance(self) -> None:
         store = self._store()
         if self._horizon is None:
-            self._horizon = (await store.list_all_events(EventQuery(limit=0))).covered
+            covered = (await store.list_all_events(EventQuery(limit=0))).covered
+            if self._streams:
+                self._horizon = covered
             return
-        while self._streams:
-            page = await store.list_all_events(EventQuery(after=self._horizon, limit=PAGE))
-            if page.covered <= self._horizon:
+        while self._streams and self._horizon is not None:
+            since = self._horizon
+            page = await store.list_all_events(EventQuery(after=since, limit=PAGE))
+            if self._horizon != since or page.covered <= since:  # reset meanwhile, or nothing new
                 return
-            since, self._horizon = self._horizon, page.covered
+            self._horizon = page.covered
             for sub in tuple(self._streams):
                 shown = [event for event in page.events if sub.query.shows(event)]
                 sub.offer(_Delivery(shown, page.covered, since))

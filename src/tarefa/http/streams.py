@@ -27,6 +27,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 
 from ..jobs import ANYONE, Viewer
+from ..model import JobEvent
 from ..store import EventQuery, StoreError
 from ..streams import EventStream
 from .access import viewer_of
@@ -133,7 +134,7 @@ def _respond(engine: Tarefa, stream: EventStream, release: contextlib.ExitStack)
     gauge.inc()
     done = _Once(stream, release, gauge.dec)
     return EventSourceResponse(
-        _frames(stream, done),
+        _frames(engine, stream, done),
         ping=engine.streams.heartbeat,
         ping_message_factory=lambda: ServerSentEvent(comment="", sep=_SEP),
         sep=_SEP,
@@ -143,15 +144,20 @@ def _respond(engine: Tarefa, stream: EventStream, release: contextlib.ExitStack)
     )
 
 
-async def _frames(stream: EventStream, done: _Once) -> AsyncIterator[ServerSentEvent]:
+async def _frames(engine: Tarefa, stream: EventStream, done: _Once) -> AsyncIterator[ServerSentEvent | bytes]:
     try:
         async for event in stream:
-            data = orjson.dumps(event_to_wire(event)).decode()
-            yield ServerSentEvent(data, event="job", id=str(event.seq), sep=_SEP)
+            yield engine.streams.encoded(event, _frame)
     except StoreError as exc:  # the stream ends; the client resumes with its last id
         yield ServerSentEvent(comment=f"the job store failed: {exc}", sep=_SEP)
     finally:
         done()
+
+
+def _frame(event: JobEvent) -> bytes:
+    """``id: <seq>`` / ``event: job`` / ``data: <event JSON>``."""
+    data = orjson.dumps(event_to_wire(event)).decode()
+    return ServerSentEvent(data, event="job", id=str(event.seq), sep=_SEP).encode()
 
 
 class _Once:

@@ -354,20 +354,20 @@ class PgSteps:
         raise AssertionError(f"unknown step {step!r}")
 
     async def _settled_seq(self) -> int:
-        """The highest ``seq`` stored, once every transaction in progress as it was read has
-        ended. Identity values are given at insert, not at commit: a transaction in flight may
-        hold a lower ``seq`` than one already committed. Each got its transaction id before its
-        ``seq``, hence before the higher one committed: it is in the snapshot's in-progress list,
-        so once that list has ended, every ``seq`` up to the one read is committed or never will
-        be. Costs nothing when no transaction is in flight; else a few short polls."""
+        """The highest ``seq`` stored, once every transaction that could still commit a lower
+        one has ended. Identity values are given at insert, not at commit: a transaction in
+        flight may hold a lower ``seq`` than one committed. Each got its transaction id before
+        its ``seq`` (its first statement writes a job row), hence before the highest ``seq``
+        was read, hence before the id this read takes for itself; so once no transaction with a
+        lower id is in progress, every ``seq`` up to the one read is committed or never will be.
+        A snapshot's ``xmax`` is no such bound: it lists nothing above the newest *completed* id.
+        Costs one transaction id; while writers are busy, a few polls of a millisecond or so."""
         row = await self._row(q.LATEST_SEQ, {})
         assert row is not None
         deadline = time.monotonic() + SETTLE_TIMEOUT
-        delay = 0.001
-        if row["snapshot"].endswith(":"):  # "xmin:xmax:" — no transaction in progress
-            return int(row["seq"])
+        delay = 0.0005
         while True:
-            waiting = await self._row(q.STILL_IN_PROGRESS, {"snapshot": row["snapshot"]})
+            waiting = await self._row(q.STILL_IN_PROGRESS, {"xid": row["xid"]})
             if waiting is None or not waiting["n"]:
                 return int(row["seq"])
             if time.monotonic() > deadline:

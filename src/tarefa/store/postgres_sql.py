@@ -200,15 +200,16 @@ SELECT_EVENTS = f"""
     WHERE job_id = %(id)s AND seq > %(after)s ORDER BY seq LIMIT %(limit)s
 """
 
-# The highest seq stored and the transactions in progress as it was read (SPEC §10: concurrent
-# transactions commit out of seq order; see PgSteps._settled_seq).
+# The highest seq stored, and a transaction id given after it was read (this statement's own): every
+# transaction that holds a seq up to it has a lower id (SPEC §10; see PgSteps._settled_seq).
 LATEST_SEQ = """
-    SELECT coalesce(max(seq), 0) AS seq, pg_current_snapshot()::text AS snapshot FROM tarefa_job_events
+    SELECT coalesce(max(seq), 0) AS seq, pg_current_xact_id()::text AS xid FROM tarefa_job_events
 """
 
+# How many transactions with a lower id than that are still in progress. Not pg_xact_status(): a
+# transaction is marked committed there a moment before new snapshots see its rows.
 STILL_IN_PROGRESS = """
-    SELECT count(*) AS n FROM unnest(pg_snapshot_xip(%(snapshot)s::pg_snapshot)) AS xid
-    WHERE pg_xact_status(xid) = 'in progress'
+    SELECT count(*) AS n FROM pg_snapshot_xip(pg_current_snapshot()) AS xid WHERE xid < %(xid)s::xid8
 """
 
 

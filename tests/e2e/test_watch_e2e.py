@@ -64,7 +64,8 @@ def test_watch_after_a_seq_starts_after_it_and_a_finished_job_is_replayed(server
         job = client.run("POST", "/api/hosts", host("w3"), timeout=60)
         whole = list(client.watch(job))
         rest = list(client.watch(job, after=whole[1].seq))
-    assert rest == whole[2:]
+        nothing = list(client.watch(job, after=whole[-1].seq))  # the server's 204: nothing left
+    assert rest == whole[2:] and nothing == []
 
 
 def test_watch_resumes_after_kill_9_and_restart_with_every_event_once(start_server: Callable[..., Any]) -> None:

@@ -216,6 +216,11 @@ def test_watch_pauses_between_streams_that_end_without_news(watcher: Callable[..
     assert first > 0 and fake_time.sleeps == [first, 2 * first, 4 * first]  # a growing backoff, no busy loop
 
 
+def test_a_204_ends_the_watch_without_an_event(watcher: Callable[..., Any]) -> None:
+    """The server's answer after the terminal event: nothing is left, nothing will come."""
+    assert watcher(lambda request: httpx.Response(204)).watch("j1", after=6) == []
+
+
 def test_stopping_early_closes_the_stream(watcher: Callable[..., Any]) -> None:
     body = Chunks([frame(event(1, "queued")), frame(event(2))])
     w = watcher(lambda request: httpx.Response(200, headers=SSE, stream=body))

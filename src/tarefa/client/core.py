@@ -388,6 +388,8 @@ class ClientCore:
             if deadline.remaining(self.clock) <= 0:
                 raise WaitTimeout(cursor.job(), timeout or 0.0)
             answer = yield from self._send(self._stream_call(url, cursor), deadline, True, True)
+            if answer.status_code == 204:
+                return True  # nothing after Last-Event-ID, and nothing will come (the job has ended)
             if answer.status_code != 200 or not is_event_stream(answer.headers):
                 if per_job and (answer.status_code in NO_STREAMS or answer.status_code < 300):
                     return False

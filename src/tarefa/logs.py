@@ -91,6 +91,8 @@ def configure_logging(log_format: str = "text", level: str = "info") -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    # httpx logs every request at INFO; tarefa's own line of each callback attempt says more.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def log_startup(*, store: str, workers: int, base_url: str | None, api: str = "/api") -> None:

@@ -161,11 +161,17 @@ class Jobs:
         For a long poll from ``baseline`` on a shared store, the hub's copy if it is at least
         that new (:meth:`~tarefa.waiting.ChangeHub.known_since`)."""
         known = self._hub.known(job_id)
-        if known is None and baseline is not None:
+        if known is None and baseline is not None and self._hearing_every_change():
             known = self._hub.known_since(job_id, baseline)
         if known is not None:
             return known if viewer.sees(known) else None
         return await self.store.get_job(job_id, viewer.owner_filter)
+
+    def _hearing_every_change(self) -> bool:
+        """False while a shared store's ``LISTEN`` connection is down: the hub's copies may then
+        miss changes until the catch-up, so a new poll reads the store."""
+        listening: asyncio.Event | None = getattr(self.store, "listening", None)
+        return listening is None or listening.is_set()
 
     async def wait_for_change(self, viewer: Viewer, job_id: str, *, baseline: datetime | None, timeout: float) -> Job:
         """A long poll (SPEC §3): the job once its ``last_modified`` is later than ``baseline``

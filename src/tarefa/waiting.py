@@ -23,7 +23,8 @@ than the caller's, the same answer a wake-up would give; an equal copy means wai
 change, committed or not yet, will wake the watch (registered first) when it is delivered. A copy
 older than the baseline is stale: the store is read. The hub keeps a job's newest copy only
 (``last_modified`` grows strictly per job), whatever the order in which its own commits and other
-processes' notifications reach it.
+processes' notifications reach it. While the ``LISTEN`` connection is down, new polls read the
+store (:class:`~tarefa.jobs.Jobs` checks the store's ``listening``).
 
 The hub also counts changes (a *generation*, per owner), so that a dashboard can wait for "any
 change I may see after token T" (:meth:`ChangeHub.wait_for_any`) with no store query per waiter.

@@ -441,3 +441,28 @@ async def test_a_long_poll_from_a_baseline_reads_no_row_the_hub_has_and_wakes_on
         hub.publish([JobChange(job.id, job)])  # the hub is one change behind
         assert (await jobs.wait_for_change(ANYONE, job.id, baseline=woke.last_modified, timeout=0)) == woke
         assert reads == [job.id, job.id]
+
+
+async def test_while_the_listen_connection_is_down_a_long_poll_reads_the_store(
+    postgres_url: str, postgres_admin: Admin
+) -> None:
+    from tarefa.jobs import ANYONE, Jobs
+    from tarefa.operations import OperationRegistry
+    from tarefa.waiting import ChangeHub
+
+    hub = ChangeHub()
+    hub.remember(False)
+    async with opened(postgres_url, reconnect_delay=5) as api, opened(postgres_url) as worker:
+        api.add_listener(hub.publish)
+        jobs = Jobs(lambda: api, OperationRegistry(), hub)
+        job = (await api.create_job(make_job())).job
+        assert hub.known_since(job.id, job.last_modified) == job
+        with postgres_admin(postgres_url) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (api.listen_backend_pid,))
+        await _wait(lambda: not api.listening.is_set(), "the listener to notice")
+        [claimed] = await worker.claim_jobs("w2", operations=["thing.make"], limit=1, lease_seconds=LEASE)
+        assert hub.known_since(job.id, job.last_modified) == job  # the hub cannot know of the claim
+        assert not api.listening.is_set(), "the claim was meant to happen while it was disconnected"
+        # Not a wait on the stale copy until the reconnection: the store has the claim.
+        woke = await asyncio.wait_for(jobs.wait_for_change(ANYONE, job.id, baseline=job.last_modified, timeout=10), 2)
+        assert woke == claimed

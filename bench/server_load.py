@@ -7,7 +7,8 @@
 ``poll`` is what the client does without ``return_timeout``: POST, then long polls until the
 job ends; ``return`` is one POST with ``return_timeout``. Printed: jobs/s, p50 ms, server CPU ms
 per job (from /proc, the server process and its threads) and HTTP requests per job. With
-``--profile``, py-spy records the server (raw collapsed stacks, by thread) for the run.
+``--profile``, py-spy records the server (raw collapsed stacks, by thread) for the run, and with
+``--store postgres-split`` the worker too (``OUT.worker.txt``).
 """
 
 from __future__ import annotations
@@ -134,13 +135,17 @@ def main() -> int:
         port, pid = serve(stack, workdir, store, 0 if split else max(4, args.concurrency), "serve")
         worker = work(stack, workdir, store, max(4, args.concurrency), 0) if split else None
         asyncio.run(drive(port, min(200, args.jobs), min(args.concurrency, 32), args.flow))  # warm up
-        spy = None
+        spies: list[subprocess.Popen[bytes]] = []
         if args.profile:
-            spy = subprocess.Popen(
-                [*"py-spy record --format raw --threads --rate 250 -o".split(), str(args.profile), "-p", str(pid)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            targets = [(args.profile, pid)]
+            if worker:  # the worker's profile beside the server's: OUT.worker.txt
+                targets.append((args.profile.with_suffix(".worker" + args.profile.suffix), worker))
+            for out, target in targets:
+                spies.append(subprocess.Popen(
+                    [*"py-spy record --format raw --threads --rate 250 -o".split(), str(out), "-p", str(target)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                ))  # fmt: skip
             time.sleep(1.0)
         for _ in range(args.repeat):
             cpu0 = cpu_seconds(pid)
@@ -167,8 +172,9 @@ def main() -> int:
                   f"{requests / args.jobs:.2f} requests/job, wall {wall:.2f} s{extra}"
                   + (f", end-to-answer p50 {statistics.median(lags) * 1000:.0f} ms, max {max(lags) * 1000:.0f} ms"
                      if lags else ""), flush=True)  # fmt: skip
-        if spy is not None:
+        for spy in spies:
             spy.send_signal(2)
+        for spy in spies:
             spy.wait(30)
     return 0
 

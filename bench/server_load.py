@@ -7,7 +7,8 @@
 ``poll`` is what the client does without ``return_timeout``: POST, then long polls until the
 job ends; ``return`` is one POST with ``return_timeout``. Printed: jobs/s, p50 ms, server CPU ms
 per job (from /proc, the server process and its threads) and HTTP requests per job. With
-``--profile``, py-spy records the server (raw collapsed stacks, by thread) for the run.
+``--profile``, py-spy records the server (raw collapsed stacks, by thread) for the run, and with
+``--store postgres-split`` the worker too (``OUT.worker.txt``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from pathlib import Path
 
 import orjson
 from bench import services
-from bench.procs import raise_fd_limit
-from bench.systems.tarefa_systems import serve
+from bench.procs import Group, raise_fd_limit
+from bench.systems.tarefa_systems import serve, work
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -96,9 +97,26 @@ async def drive(
     return wall, latencies, sum(c.requests for c in callers)
 
 
+def postgres_commits(store: str) -> int:
+    """Transactions committed in the store's database so far (0 for SQLite). The statistics are
+    flushed by each backend at most once a second: read after a short pause."""
+    if not store.startswith("postgresql"):
+        return 0
+    import psycopg
+
+    time.sleep(1.1)
+    with psycopg.connect(store.partition("?")[0], autocommit=True) as conn:
+        row = conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()").fetchone()
+    return int(row[0]) if row else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", choices=["sqlite", "sqlite-normal", "postgres"], default="sqlite")
+    parser.add_argument(
+        "--store", choices=["sqlite", "sqlite-normal", "postgres", "postgres-split"], default="sqlite",
+        help="postgres: API and workers in one process; postgres-split: serve --workers 0 + tarefa worker",
+    )  # fmt: skip
+    parser.add_argument("--options", default="", help="store URL query options, e.g. writers=2&pool_size=4")
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--flow", choices=["poll", "return"], default="poll")
@@ -112,33 +130,51 @@ def main() -> int:
         if args.store.startswith("sqlite"):
             store = f"sqlite:///{workdir}/load.db" + ("?synchronous=normal" if args.store.endswith("normal") else "")
         else:
-            store = services.fresh_postgres_database()  # API and workers in one process
-        port, pid = serve(stack, workdir, store, max(4, args.concurrency), "serve")
+            store = services.fresh_postgres_database() + (f"?{args.options}" if args.options else "")
+        split = args.store == "postgres-split"
+        port, pid = serve(stack, workdir, store, 0 if split else max(4, args.concurrency), "serve")
+        worker = work(stack, workdir, store, max(4, args.concurrency), 0) if split else None
         asyncio.run(drive(port, min(200, args.jobs), min(args.concurrency, 32), args.flow))  # warm up
-        spy = None
+        spies: list[subprocess.Popen[bytes]] = []
         if args.profile:
-            spy = subprocess.Popen(
-                [*"py-spy record --format raw --threads --rate 250 -o".split(), str(args.profile), "-p", str(pid)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            targets = [(args.profile, pid)]
+            if worker:  # the worker's profile beside the server's: OUT.worker.txt
+                targets.append((args.profile.with_suffix(".worker" + args.profile.suffix), worker))
+            for out, target in targets:
+                spies.append(subprocess.Popen(
+                    [*"py-spy record --format raw --threads --rate 250 -o".split(), str(out), "-p", str(target)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                ))  # fmt: skip
             time.sleep(1.0)
         for _ in range(args.repeat):
             cpu0 = cpu_seconds(pid)
+            wcpu0 = cpu_seconds(worker) if worker else (0.0, 0.0)
+            commits0 = postgres_commits(store)
+            backends = Group("postgresql", find=f"postgres: .* {services.POSTGRES_DB} ")  # this run's backends
+            backends.begin()
             lags: list[float] = []
             wall, latencies, requests = asyncio.run(
                 drive(port, args.jobs, args.concurrency, args.flow, args.sleep, lags)
             )
             user, system = (b - a for a, b in zip(cpu0, cpu_seconds(pid), strict=True))
             cpu = user + system
+            wcpu = sum(cpu_seconds(worker)) - sum(wcpu0) if worker else 0.0
+            commits = postgres_commits(store) - commits0
+            pg_cpu = backends.usage().cpu_s if commits else 0.0
+            extra = f", worker {wcpu / args.jobs * 1000:.2f} CPU ms/job" if worker else ""
+            if commits:
+                extra += f", {commits / args.jobs:.2f} PostgreSQL transactions/job (reads too)"
+                extra += f", PostgreSQL backends {pg_cpu / args.jobs * 1000:.2f} CPU ms/job"
             print(f"{args.store} {args.flow} C={args.concurrency}: {args.jobs / wall:,.0f} jobs/s, "
                   f"p50 {statistics.median(latencies) * 1000:.2f} ms, server {cpu / args.jobs * 1000:.2f} CPU ms/job "
                   f"({system / args.jobs * 1000:.2f} system), "
-                  f"{requests / args.jobs:.2f} requests/job, wall {wall:.2f} s"
+                  f"{requests / args.jobs:.2f} requests/job, wall {wall:.2f} s{extra}"
                   + (f", end-to-answer p50 {statistics.median(lags) * 1000:.0f} ms, max {max(lags) * 1000:.0f} ms"
                      if lags else ""), flush=True)  # fmt: skip
-        if spy is not None:
+        for spy in spies:
             spy.send_signal(2)
+        for spy in spies:
             spy.wait(30)
     return 0
 

@@ -156,12 +156,22 @@ class Jobs:
             raise JobNotFound(job_id)
         return job
 
-    async def _current(self, viewer: Viewer, job_id: str) -> Job | None:
-        """The job now: as the hub last saw it change if it remembers it, else from the store."""
+    async def _current(self, viewer: Viewer, job_id: str, baseline: datetime | None = None) -> Job | None:
+        """The job now: as the hub last saw it change if it remembers it, else from the store.
+        For a long poll from ``baseline`` on a shared store, the hub's copy if it is at least
+        that new (:meth:`~tarefa.waiting.ChangeHub.known_since`)."""
         known = self._hub.known(job_id)
+        if known is None and baseline is not None and self._hearing_every_change():
+            known = self._hub.known_since(job_id, baseline)
         if known is not None:
             return known if viewer.sees(known) else None
         return await self.store.get_job(job_id, viewer.owner_filter)
+
+    def _hearing_every_change(self) -> bool:
+        """False while a shared store's ``LISTEN`` connection is down: the hub's copies may then
+        miss changes until the catch-up, so a new poll reads the store."""
+        listening: asyncio.Event | None = getattr(self.store, "listening", None)
+        return listening is None or listening.is_set()
 
     async def wait_for_change(self, viewer: Viewer, job_id: str, *, baseline: datetime | None, timeout: float) -> Job:
         """A long poll (SPEC §3): the job once its ``last_modified`` is later than ``baseline``
@@ -169,7 +179,7 @@ class Jobs:
         :class:`JobNotFound` if unknown, or deleted while waiting. No store query while waiting."""
         _check_id(job_id)
         job = await self._hub.wait_for_change(
-            job_id, lambda: self._current(viewer, job_id), baseline=baseline, timeout=timeout
+            job_id, lambda: self._current(viewer, job_id, baseline), baseline=baseline, timeout=timeout
         )
         if job is None:
             raise JobNotFound(job_id)

@@ -14,6 +14,18 @@ passes through the hub, in commit order; so the hub remembers the latest jobs it
 is answered with no store read. A change committed but not yet delivered is no lost wake-up: the
 watch is registered first, and the delivery wakes it.
 
+On a shared store (PostgreSQL) the hub hears every committed change too, but later: another
+process's change arrives with its ``NOTIFY`` (or with the catch-up after a lost ``LISTEN``
+connection). So a plain read must go to the store (read-your-writes across processes), but a long
+poll with a ``last_modified`` baseline may take the job from the hub if the hub's copy is at least
+as new as the baseline (:meth:`ChangeHub.known_since`): a newer copy is a committed state later
+than the caller's, the same answer a wake-up would give; an equal copy means wait, and any later
+change, committed or not yet, will wake the watch (registered first) when it is delivered. A copy
+older than the baseline is stale: the store is read. The hub keeps a job's newest copy only
+(``last_modified`` grows strictly per job), whatever the order in which its own commits and other
+processes' notifications reach it. While the ``LISTEN`` connection is down, new polls read the
+store (:class:`~tarefa.jobs.Jobs` checks the store's ``listening``).
+
 The hub also counts changes (a *generation*, per owner), so that a dashboard can wait for "any
 change I may see after token T" (:meth:`ChangeHub.wait_for_any`) with no store query per waiter.
 """
@@ -122,24 +134,35 @@ class ChangeHub:
         self._any: set[asyncio.Future[None]] = set()
         self.deadlines = Deadlines()
         self._remember = 0
+        self._every_change = False
         self._known: dict[str, Job] = {}
 
     def remember(self, every_change: bool, size: int = REMEMBERED_JOBS) -> None:
-        """``every_change``: the store's every commit reaches :meth:`publish` (an exclusive
-        store), so the latest jobs seen may answer reads (:meth:`known`); else remember none."""
-        self._remember = size if every_change else 0
+        """``every_change``: the store's every commit reaches :meth:`publish` at once, in commit
+        order (an exclusive store), so the latest jobs seen may answer reads (:meth:`known`); else
+        (a shared store) they may answer long polls only (:meth:`known_since`, module doc)."""
+        self._remember = size
+        self._every_change = every_change
         self._known.clear()
 
     def known(self, job_id: str) -> Job | None:
-        """The job as its latest committed change left it, if the hub remembers it."""
-        return self._known.get(job_id)
+        """The job as its latest committed change left it, if the hub remembers it and sees every
+        change of the store as it commits."""
+        return self._known.get(job_id) if self._every_change else None
+
+    def known_since(self, job_id: str, baseline: datetime) -> Job | None:
+        """For a long poll from ``baseline``: the job as the hub last heard it change, if that is
+        at least as new as ``baseline`` (module doc); None: read the store."""
+        job = self._known.get(job_id)
+        return job if job is not None and job.last_modified >= baseline else None
 
     def _note(self, changes: Sequence[JobChange]) -> None:
         known = self._known
         for change in changes:
-            known.pop(change.job_id, None)  # re-inserted last: the dict's order is the age
+            previous = known.pop(change.job_id, None)  # re-inserted last: the dict's order is the age
             if change.job is not None:
-                known[change.job_id] = change.job
+                job = change.job  # a shared store's changes may come out of order: keep the newest
+                known[change.job_id] = previous if previous and previous.last_modified > job.last_modified else job
         while len(known) > self._remember:
             del known[next(iter(known))]
 

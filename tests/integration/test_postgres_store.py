@@ -17,6 +17,7 @@ import pytest
 from tarefa.model import Job, JobState, new_job, utcnow
 from tarefa.store import (
     Created,
+    JobChange,
     JobQuery,
     Outcome,
     ResourceBusy,
@@ -400,3 +401,68 @@ def test_the_writers_option_must_be_a_positive_number() -> None:
         open_store("postgresql://postgres@127.0.0.1:5432/db?writers=0")
     store = open_store("postgresql://postgres@127.0.0.1:5432/db?writers=2")
     assert isinstance(store, PostgresStore)
+
+
+async def test_a_long_poll_from_a_baseline_reads_no_row_the_hub_has_and_wakes_on_another_stores_change(
+    postgres_url: str,
+) -> None:
+    from tarefa.jobs import ANYONE, Jobs
+    from tarefa.operations import OperationRegistry
+    from tarefa.waiting import ChangeHub
+
+    hub = ChangeHub()
+    hub.remember(False)  # as the engine does for a shared store
+    async with opened(postgres_url) as api, opened(postgres_url) as worker:
+        api.add_listener(hub.publish)
+        jobs = Jobs(lambda: api, OperationRegistry(), hub)
+        reads: list[str] = []
+        original = api.get_job
+
+        async def counted(job_id: str, owner: str | None = None) -> Job | None:
+            reads.append(job_id)
+            return await original(job_id, owner)
+
+        api.get_job = counted  # type: ignore[method-assign]
+        job = (await api.create_job(make_job())).job
+        assert (await jobs.get(ANYONE, job.id)) == job and reads == [job.id]  # a plain read: the store
+
+        poll = asyncio.create_task(jobs.wait_for_change(ANYONE, job.id, baseline=job.last_modified, timeout=10))
+        await asyncio.sleep(0.1)
+        assert not poll.done()
+        # another process's change
+        claimed = await worker.claim_jobs("w2", operations=["thing.make"], limit=1, lease_seconds=LEASE)
+        woke = await asyncio.wait_for(poll, 5)
+        assert woke.state is JobState.RUNNING and woke == claimed[0]
+        assert reads == [job.id]  # the poll waited on the hub's copy: no read
+
+        # The caller holds a newer state than the hub's copy (as if the hub had not heard the
+        # claim yet): the store is read.
+        hub.publish([JobChange(job.id, None)])  # forget the copy
+        hub.publish([JobChange(job.id, job)])  # the hub is one change behind
+        assert (await jobs.wait_for_change(ANYONE, job.id, baseline=woke.last_modified, timeout=0)) == woke
+        assert reads == [job.id, job.id]
+
+
+async def test_while_the_listen_connection_is_down_a_long_poll_reads_the_store(
+    postgres_url: str, postgres_admin: Admin
+) -> None:
+    from tarefa.jobs import ANYONE, Jobs
+    from tarefa.operations import OperationRegistry
+    from tarefa.waiting import ChangeHub
+
+    hub = ChangeHub()
+    hub.remember(False)
+    async with opened(postgres_url, reconnect_delay=5) as api, opened(postgres_url) as worker:
+        api.add_listener(hub.publish)
+        jobs = Jobs(lambda: api, OperationRegistry(), hub)
+        job = (await api.create_job(make_job())).job
+        assert hub.known_since(job.id, job.last_modified) == job
+        with postgres_admin(postgres_url) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (api.listen_backend_pid,))
+        await _wait(lambda: not api.listening.is_set(), "the listener to notice")
+        [claimed] = await worker.claim_jobs("w2", operations=["thing.make"], limit=1, lease_seconds=LEASE)
+        assert hub.known_since(job.id, job.last_modified) == job  # the hub cannot know of the claim
+        assert not api.listening.is_set(), "the claim was meant to happen while it was disconnected"
+        # Not a wait on the stale copy until the reconnection: the store has the claim.
+        woke = await asyncio.wait_for(jobs.wait_for_change(ANYONE, job.id, baseline=job.last_modified, timeout=10), 2)
+        assert woke == claimed

@@ -200,3 +200,26 @@ async def test_many_waits_share_their_timers_and_none_is_left_after() -> None:
     elapsed = loop.time() - started
     assert all(result == job for result in results) and 0.2 <= elapsed < 0.4
     assert len(hub.deadlines) == 0
+
+
+async def test_a_shared_stores_hub_answers_long_polls_only_from_a_copy_at_least_as_new() -> None:
+    hub = ChangeHub()
+    hub.remember(False)  # a shared store: its changes may reach the hub late
+    job = running()
+    hub.publish([JobChange(job.id, job)])
+    assert hub.known(job.id) is None  # a plain read goes to the store
+    assert hub.known_since(job.id, job.last_modified) == job  # equal: wait on it
+    assert hub.known_since(job.id, job.last_modified - timedelta(microseconds=1)) == job  # newer: answer it
+    assert hub.known_since(job.id, job.last_modified + timedelta(microseconds=1)) is None  # stale: read
+
+
+async def test_a_shared_stores_hub_keeps_the_newest_copy_whatever_the_order_of_its_changes() -> None:
+    hub = ChangeHub()
+    hub.remember(False)
+    job = running()
+    later = model.report(job, now=job.last_modified + timedelta(milliseconds=1), message="moved")
+    hub.publish([JobChange(later.id, later)])  # another process's change, heard first
+    hub.publish([JobChange(job.id, job)])  # this process's own earlier commit, emitted after it
+    assert hub.known_since(job.id, job.last_modified) == later
+    hub.publish([JobChange(job.id, None)])  # deleted
+    assert hub.known_since(job.id, job.last_modified) is None

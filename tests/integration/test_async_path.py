@@ -172,3 +172,39 @@ async def test_an_idempotency_key_is_replayed_and_its_reuse_refused_alike(client
 async def _count(client: httpx.AsyncClient) -> int:
     listed = await client.get("/api/jobs", headers={"x-user": "ana"}, params={"max_records": 1000})
     return int(listed.json()["num_records"])
+
+
+def _limited_app(store: str, app_limit: int | None) -> FastAPI:
+    jobs = Tarefa(store, workers=1)
+    app = FastAPI(max_body_size=app_limit)
+    jobs.mount(app, prefix="/api")
+
+    @jobs.operation("order.make")
+    async def make(ctx: JobContext, order: Order) -> int:
+        return order.size
+
+    @app.post("/api/limited", **asynchronous(max_body_size=32))
+    async def limited(order: Order, call: AsyncCall) -> Response:
+        return await call.start("order.make", order)
+
+    @app.post("/api/free", **asynchronous())
+    async def free(order: Order, call: AsyncCall) -> Response:
+        return await call.start("order.make", order)
+
+    return app
+
+
+@pytest.mark.parametrize(("app_limit", "taken"), [(None, ["/api/free"]), (64, [])])
+async def test_fastapis_own_body_limits_leave_the_call_to_fastapi(
+    tmp_path: Path, app_limit: int | None, taken: list[str]
+) -> None:
+    """A body size limit of FastAPI's (the app's or the route's) words its own 413: no fast path."""
+    app = _limited_app(f"sqlite:///{tmp_path}/limits.db", app_limit)
+    async with app.router.lifespan_context(app):
+        fast = [r.path for r in app.router.routes if isinstance(r, FastRoute) and isinstance(r.fast, _AsyncEndpoint)]
+        assert fast == taken
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http:
+            small = await http.post("/api/free", json={"size": 1}, params={"return_timeout": 10})
+            assert small.status_code == 200, small.text
+            big = await http.post("/api/limited", json={"size": 1, "note": "x" * 100})
+            assert big.status_code == 413, big.text

@@ -8,7 +8,8 @@ fast path does not take). At the app's start, :func:`install_async_paths` puts a
 :class:`~tarefa.http.fastpath.FastRoute` of the same path and method in front of each route it
 can take: an ``async def`` endpoint annotated to return a ``Response``, whose parameters are
 one body (not embedded, not a form) and the ``AsyncCall``, with no other dependency, no path,
-query, header or cookie parameter, and no dependency overrides. A request with a JSON body
+query, header or cookie parameter, no body size limit of FastAPI's own (the app's or the route's),
+and no dependency overrides. A request with a JSON body
 (``Content-Type: application/json``) that validates is answered here, exactly as the route
 would: :func:`~tarefa.http.asynccall._async_call` (401, a malformed ``return_timeout`` or
 ``Callback-URL``, an idempotent replay), then the endpoint. Any other request (no body, another
@@ -26,6 +27,7 @@ import orjson
 from fastapi import params
 from fastapi.encoders import jsonable_encoder
 from fastapi.routing import APIRoute
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -51,7 +53,7 @@ class _AsyncEndpoint:
         self.status_code = route.status_code or 200
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, route_app: ASGIApp) -> None:
-        if not _json_content(scope) or self.app.dependency_overrides:
+        if not _json_content(scope) or self.app.dependency_overrides or MAX_BODY_SIZE_SCOPE_KEY in scope:
             return await route_app(scope, receive, send)
         body = await _read_body(receive)
         replay = _Replay(body, receive)
@@ -109,6 +111,8 @@ async def _read_body(receive: Receive) -> bytes:
 def _fast_endpoint(app: FastAPI, route: APIRoute) -> _AsyncEndpoint | None:
     """The fast handler of ``route``, or None when the route is not one it can take (module doc)."""
     if not (route.openapi_extra or {}).get("x-tarefa-asynchronous") or route.response_field is not None:
+        return None
+    if getattr(route, "max_body_size", None) is not None:  # FastAPI's own limit words its 413
         return None
     dependant = route.dependant
     call = dependant.call

@@ -186,13 +186,18 @@ def jobs_in_store(database: str) -> dict[str, dict[str, Any]]:
 
 
 def settle(run: Run, database: str, timeout: float) -> dict[str, dict[str, Any]]:
-    """Every process up again; wait until no job is queued or running (or the time is up)."""
+    """Every process up again; wait until no job is queued or running, or until none has ended
+    for ``timeout`` seconds (a stuck job makes no progress; a backlog of queued jobs does)."""
     run.wait_ready()
     deadline = time.monotonic() + timeout
+    left = None
     while True:
         jobs = jobs_in_store(database)
-        if all(job["state"] in ("success", "failure") for job in jobs.values()) or time.monotonic() > deadline:
+        open_jobs = sum(job["state"] not in ("success", "failure") for job in jobs.values())
+        if not open_jobs or time.monotonic() > deadline:
             return jobs
+        if left is None or open_jobs < left:
+            left, deadline = open_jobs, time.monotonic() + timeout
         time.sleep(0.5)
 
 

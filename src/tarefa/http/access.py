@@ -36,13 +36,14 @@ _VIEWER = "tarefa_viewer"
 
 async def viewer_of(request: Request) -> Viewer:
     """The viewer a request is made for (:class:`ApiError` 401 when not signed in)."""
-    known: Viewer | None = getattr(request.state, _VIEWER, None)
+    state: dict[str, Any] = request.scope.setdefault("state", {})  # request.state's own dict, read
+    known: Viewer | None = state.get(_VIEWER)  # without State's AttributeError on a miss (issue 11)
     if known is not None:
         return known
     engine = getattr(request.app.state, "tarefa", None)
     identity: Identity | None = getattr(engine, "identity", None)
     viewer = ANYONE if identity is None else await _identify(identity, request)
-    setattr(request.state, _VIEWER, viewer)
+    state[_VIEWER] = viewer
     return viewer
 
 

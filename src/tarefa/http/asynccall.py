@@ -20,6 +20,7 @@ import logging
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qsl
 
+import orjson
 from fastapi import Depends, Request
 from starlette.responses import Response
 
@@ -29,11 +30,11 @@ from ..model import Job
 from ..store import Idempotency, IdempotencyMismatch, Precondition, ResourceBusy, StoreError
 from ..store.outbox import EVENTS
 from ..values import UnstorableValue
-from .access import SIGNED_IN, viewer_of
+from .access import viewer_of
 from .callbacks import CALLBACK_EVENTS, CALLBACK_URL, CALLBACK_URL_FORM, callback_of
 from .errors import ApiError
 from .params import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_FORM, ascii_integer, idempotency_key_from, invalid
-from .wire import ErrorBody, JobEnvelope, job_headers, job_to_wire, json_response
+from .wire import ErrorBody, JobEnvelope, etag, job_to_wire
 
 if TYPE_CHECKING:
     from .mount import Tarefa
@@ -115,11 +116,31 @@ class JobStarter:
             return job, 202
 
 
+class _JobAnswer(Response):
+    """A JSON answer whose headers are built as bytes at once (no ``init_headers`` per call)."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, status: int, raw_headers: list[tuple[bytes, bytes]]) -> None:
+        self.status_code = status
+        self.background = None
+        self.body = body
+        self.raw_headers = raw_headers
+
+
+_NO_STORE = (b"cache-control", b"no-store")
+_JSON = (b"content-type", b"application/json")
+
+
 def accepted_response(engine: Tarefa, job: Job, status: int, *, admin: bool = False) -> Response:
     """``{"job": ...}`` with Location and Retry-After: the answer of an asynchronous call."""
-    headers = job_headers(job, retry_after=engine.retry_after)
-    headers["Location"] = f"{engine.jobs_href}/{job.id}"
-    return json_response({"job": job_to_wire(job, engine.jobs_href, admin=admin)}, status, headers)
+    href = f"{engine.jobs_href}/{job.id}"
+    body = orjson.dumps({"job": job_to_wire(job, engine.jobs_href, admin=admin)})
+    headers = [_NO_STORE, (b"etag", etag(job).encode())]
+    if engine.retry_after is not None and not job.is_terminal:
+        headers.append((b"retry-after", str(engine.retry_after).encode()))
+    headers += [(b"location", href.encode("latin-1")), (b"content-length", str(len(body)).encode()), _JSON]
+    return _JobAnswer(body, status, headers)
 
 
 class ReplayAnswer(Exception):
@@ -255,8 +276,12 @@ def return_timeout_from(request: Request) -> int:
     return int(values[-1])
 
 
+#: The request's JobStarter. Every asynchronous route depends on it (a 401 or a malformed
+#: parameter comes before the body's validation), and FastAPI's cache hands the same one to the
+#: ``AsyncCall`` parameter: one dependency solved per call, not a viewer's and then this one.
+_STARTER = Depends(_async_call)
 #: Annotate an endpoint parameter with this to start a job from it (see module doc).
-AsyncCall = Annotated[JobStarter, Depends(_async_call)]
+AsyncCall = Annotated[JobStarter, _STARTER]
 
 _LOCATION = {"description": "The job: /api/jobs/<id>", "schema": {"type": "string"}}
 _RETRY_AFTER = {"description": "Seconds to wait before polling", "schema": {"type": "integer"}}
@@ -282,6 +307,6 @@ def asynchronous(**route_options: Any) -> dict[str, Any]:
         "response_model": None,
         "responses": responses,
         "openapi_extra": {"x-tarefa-asynchronous": True, "parameters": copy.deepcopy(PARAMETERS)},
-        "dependencies": [*SIGNED_IN, *route_options.pop("dependencies", [])],
+        "dependencies": [_STARTER, *route_options.pop("dependencies", [])],
         **route_options,
     }

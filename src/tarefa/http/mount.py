@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from ..engine import Engine
 from ..store import JobStore
 from .access import Identity
+from .asyncpath import install_async_paths
 from .callbacks import callback_routes, render
 from .errors import RequestIdMiddleware, install_error_handlers
 from .fastpath import install_fast_paths
@@ -85,6 +86,7 @@ class Tarefa(Engine):
 
         @contextlib.asynccontextmanager
         async def lifespan(application: Any) -> AsyncIterator[Any]:
+            install_async_paths(app)  # the app's own routes exist by now
             async with self.running(), original(application) as state:
                 yield state
 

@@ -222,42 +222,44 @@ class ChangeHub:
     ) -> Job | None:
         """The job once its ``last_modified`` is later than ``baseline`` (default: as read now),
         or as it is after ``timeout`` seconds; at once if it is terminal. None: unknown/deleted."""
+        # One coroutine for the whole wait, with no context manager or helper coroutine left on
+        # the stack while it waits: a held long poll's frames are its memory (issue 11, W5).
         watch = _Watch(job_id)
-        self._watches.setdefault(job_id, set()).add(watch)
+        watches = self._watches.get(job_id)
+        if watches is None:
+            watches = self._watches[job_id] = set()
+        watches.add(watch)
         try:
             job = await read()
+            del read  # not kept (with what it holds) for the whole wait
             if job is None:
                 return None
-            return await self._wait(watch, job, job.last_modified if baseline is None else baseline, timeout)
+            if baseline is None:
+                baseline = job.last_modified
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while not (job.is_terminal or job.last_modified > baseline or self._closing):
+                latest = watch.take()
+                if latest is _DELETED:
+                    return None
+                if isinstance(latest, Job):
+                    job = latest if latest.last_modified > job.last_modified else job
+                    if self.on_wakeup is not None and job.last_modified > baseline:
+                        self.on_wakeup(job)
+                    continue
+                if deadline - loop.time() <= 0:
+                    break
+                wakeup: asyncio.Future[None] = loop.create_future()
+                watch.wakeup = wakeup
+                key = self.deadlines.add(loop, deadline, wakeup)
+                try:
+                    await wakeup
+                finally:
+                    self.deadlines.remove(key, wakeup)
+                    watch.wakeup = None
+            return job
         finally:
             self._forget(watch)
-
-    async def _wait(self, watch: _Watch, job: Job, baseline: datetime, timeout: float) -> Job | None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not (job.is_terminal or job.last_modified > baseline or self._closing):
-            latest = watch.take()
-            if latest is _DELETED:
-                return None
-            if isinstance(latest, Job):
-                job = latest if latest.last_modified > job.last_modified else job
-                if self.on_wakeup is not None and job.last_modified > baseline:
-                    self.on_wakeup(job)
-                continue
-            if deadline - loop.time() <= 0:
-                break
-            await self._sleep(watch, loop, deadline)
-        return job
-
-    async def _sleep(self, watch: _Watch, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
-        wakeup: asyncio.Future[None] = loop.create_future()
-        watch.wakeup = wakeup
-        key = self.deadlines.add(loop, deadline, wakeup)
-        try:
-            await wakeup
-        finally:
-            self.deadlines.remove(key, wakeup)
-            watch.wakeup = None
 
     def _forget(self, watch: _Watch) -> None:
         watches = self._watches.get(watch.job_id)

@@ -68,13 +68,19 @@ def _settle(future: asyncio.Future[None]) -> None:
 
 #: Deadlines are rounded up to this many seconds: waits that end in one such slice share a timer.
 DEADLINE_SLICE = 0.01
+#: A deadline more than :data:`FAR_DEADLINE` seconds away is rounded up to :data:`FAR_SLICES`
+#: slices (0.1 s): ten times fewer timers and sets for thousands of 120 s long polls arriving over
+#: a few seconds, each ending at most 0.1 s late (issue 11, W5).
+FAR_DEADLINE = 10.0
+FAR_SLICES = 10
 
 
 class Deadlines:
     """One timer per slice of time in which waits end, not one per wait: a thousand long polls
     with the same timeout make a handful of timers, and a wait that ends early costs a set
     removal, not a cancelled timer left in the loop's heap. A wait ends at most
-    :data:`DEADLINE_SLICE` late. No timer exists while nothing waits."""
+    :data:`DEADLINE_SLICE` late (0.1 s for one of more than :data:`FAR_DEADLINE` seconds). No
+    timer exists while nothing waits."""
 
     def __init__(self) -> None:
         self._slices: dict[int, tuple[asyncio.TimerHandle, set[asyncio.Future[None]]]] = {}
@@ -82,6 +88,8 @@ class Deadlines:
     def add(self, loop: asyncio.AbstractEventLoop, deadline: float, future: asyncio.Future[None]) -> int:
         """Settle ``future`` at ``deadline`` (the loop's clock); returns the slice, for :meth:`remove`."""
         key = -int(-deadline // DEADLINE_SLICE)  # rounded up
+        if deadline - loop.time() > FAR_DEADLINE:
+            key = -(-key // FAR_SLICES) * FAR_SLICES
         entry = self._slices.get(key)
         if entry is None:
             entry = (loop.call_at(key * DEADLINE_SLICE, self._fire, key), set())

@@ -101,6 +101,7 @@ class JobFastPaths:
             selected = parse_fields(params.get("fields"))
         except ApiError:  # the route's own validation words the answer
             return await route_app(scope, receive, send)
+        del params, timeout_text  # parsed: not held (with their strings) while a long poll waits
         engine = self.engine
         viewer = await self._viewer(scope, receive)
         job_id: str = scope["path_params"]["job_id"]

@@ -74,7 +74,8 @@ def server(store: str | None, tick: float) -> Iterator[tuple[str, int]]:
     workdir = tempfile.mkdtemp(prefix="tarefa-bench-streams-")
     command = [sys.executable, "-m", "tarefa", "serve", "--port", str(port), "--app", "bench.apps:app",
                "--workers", "4", "--store", store or f"sqlite:///{workdir}/bench.db"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_TICK_SECONDS": str(tick)}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # e.g. an older src
+    env = {**os.environ, "PYTHONPATH": path, "BENCH_TICK_SECONDS": str(tick)}
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

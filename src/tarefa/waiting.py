@@ -80,13 +80,19 @@ def _settle(future: asyncio.Future[None]) -> None:
 
 #: Deadlines are rounded up to this many seconds: waits that end in one such slice share a timer.
 DEADLINE_SLICE = 0.01
+#: A deadline more than :data:`FAR_DEADLINE` seconds away is rounded up to :data:`FAR_SLICES`
+#: slices (0.1 s): ten times fewer timers and sets for thousands of 120 s long polls arriving over
+#: a few seconds, each ending at most 0.1 s late (issue 11, W5).
+FAR_DEADLINE = 10.0
+FAR_SLICES = 10
 
 
 class Deadlines:
     """One timer per slice of time in which waits end, not one per wait: a thousand long polls
     with the same timeout make a handful of timers, and a wait that ends early costs a set
     removal, not a cancelled timer left in the loop's heap. A wait ends at most
-    :data:`DEADLINE_SLICE` late. No timer exists while nothing waits."""
+    :data:`DEADLINE_SLICE` late (0.1 s for one of more than :data:`FAR_DEADLINE` seconds). No
+    timer exists while nothing waits."""
 
     def __init__(self) -> None:
         self._slices: dict[int, tuple[asyncio.TimerHandle, set[asyncio.Future[None]]]] = {}
@@ -94,6 +100,8 @@ class Deadlines:
     def add(self, loop: asyncio.AbstractEventLoop, deadline: float, future: asyncio.Future[None]) -> int:
         """Settle ``future`` at ``deadline`` (the loop's clock); returns the slice, for :meth:`remove`."""
         key = -int(-deadline // DEADLINE_SLICE)  # rounded up
+        if deadline - loop.time() > FAR_DEADLINE:
+            key = -(-key // FAR_SLICES) * FAR_SLICES
         entry = self._slices.get(key)
         if entry is None:
             entry = (loop.call_at(key * DEADLINE_SLICE, self._fire, key), set())
@@ -245,42 +253,44 @@ class ChangeHub:
     ) -> Job | None:
         """The job once its ``last_modified`` is later than ``baseline`` (default: as read now),
         or as it is after ``timeout`` seconds; at once if it is terminal. None: unknown/deleted."""
+        # One coroutine for the whole wait, with no context manager or helper coroutine left on
+        # the stack while it waits: a held long poll's frames are its memory (issue 11, W5).
         watch = _Watch(job_id)
-        self._watches.setdefault(job_id, set()).add(watch)
+        watches = self._watches.get(job_id)
+        if watches is None:
+            watches = self._watches[job_id] = set()
+        watches.add(watch)
         try:
             job = await read()
+            del read  # not kept (with what it holds) for the whole wait
             if job is None:
                 return None
-            return await self._wait(watch, job, job.last_modified if baseline is None else baseline, timeout)
+            if baseline is None:
+                baseline = job.last_modified
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while not (job.is_terminal or job.last_modified > baseline or self._closing):
+                latest = watch.take()
+                if latest is _DELETED:
+                    return None
+                if isinstance(latest, Job):
+                    job = latest if latest.last_modified > job.last_modified else job
+                    if self.on_wakeup is not None and job.last_modified > baseline:
+                        self.on_wakeup(job)
+                    continue
+                if deadline - loop.time() <= 0:
+                    break
+                wakeup: asyncio.Future[None] = loop.create_future()
+                watch.wakeup = wakeup
+                key = self.deadlines.add(loop, deadline, wakeup)
+                try:
+                    await wakeup
+                finally:
+                    self.deadlines.remove(key, wakeup)
+                    watch.wakeup = None
+            return job
         finally:
             self._forget(watch)
-
-    async def _wait(self, watch: _Watch, job: Job, baseline: datetime, timeout: float) -> Job | None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not (job.is_terminal or job.last_modified > baseline or self._closing):
-            latest = watch.take()
-            if latest is _DELETED:
-                return None
-            if isinstance(latest, Job):
-                job = latest if latest.last_modified > job.last_modified else job
-                if self.on_wakeup is not None and job.last_modified > baseline:
-                    self.on_wakeup(job)
-                continue
-            if deadline - loop.time() <= 0:
-                break
-            await self._sleep(watch, loop, deadline)
-        return job
-
-    async def _sleep(self, watch: _Watch, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
-        wakeup: asyncio.Future[None] = loop.create_future()
-        watch.wakeup = wakeup
-        key = self.deadlines.add(loop, deadline, wakeup)
-        try:
-            await wakeup
-        finally:
-            self.deadlines.remove(key, wakeup)
-            watch.wakeup = None
 
     def _forget(self, watch: _Watch) -> None:
         watches = self._watches.get(watch.job_id)

@@ -191,26 +191,39 @@ class RequestIdMiddleware:
             return
         rid = ensure_request_id(scope)
         request_id_var.set(rid)  # not reset: the request's task ends with it (and its 500 line needs it)
-        header = (REQUEST_ID_HEADER.encode(), rid.encode())
-        started = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                headers = list(message.get("headers", ()))
-                if not any(name.lower() == header[0] for name, _ in headers):
-                    message["headers"] = [*headers, header]
-            await send(message)
-
+        sender = _SendWithId(send, rid)
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, sender)
         except Exception as exc:
             log.error("request %s %s failed [request-id %s]", scope["method"], scope["path"], rid, exc_info=exc)
-            if started:
+            if sender.started:
                 raise  # the answer is half sent: only closing the connection can tell the client
             message = f"the server failed unexpectedly; quote request-id {rid} to its operators"
             await send_error(send, rid, ApiError(500, "internal_error", message))
+
+
+_REQUEST_ID_NAME = REQUEST_ID_HEADER.encode()
+
+
+class _SendWithId:
+    """``send`` that adds the ``request-id`` header to the answer (unless the app set one), and
+    remembers whether the answer has started. A small object rather than a closure and its cells:
+    it is held for the whole of a long poll (issue 11, W5)."""
+
+    __slots__ = ("_send", "rid", "started")
+
+    def __init__(self, send: Send, rid: str) -> None:
+        self._send = send
+        self.rid = rid
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            headers = list(message.get("headers", ()))
+            if not any(name.lower() == _REQUEST_ID_NAME for name, _ in headers):
+                message["headers"] = [*headers, (_REQUEST_ID_NAME, self.rid.encode())]
+        await self._send(message)
 
 
 async def send_error(send: Send, rid: str, error: ApiError, *, close: bool = False) -> None:

@@ -14,7 +14,7 @@ route, whose validation and error bodies are the contract. Errors raised here
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -24,11 +24,12 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute, Match, NoMatchFound, compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..jobs import ANYONE, Viewer
+from ..jobs import ANYONE, JobNotFound, Viewer
+from ..store import JobAlreadyTerminal, JobNotTerminal
 from .access import viewer_of
 from .errors import REQUEST_ID_HEADER, ApiError
 from .params import parse_baseline, parse_fields
-from .routes import _translated
+from .routes import _refusal, _translated
 from .wire import etag, job_to_wire
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 _POLL_TIMEOUT = re.compile(r"[0-9]{1,3}", re.ASCII)
 _JSON = (b"content-type", b"application/json")
 _NO_STORE = (b"cache-control", b"no-store")
-FastHandler = Callable[[Scope, Receive, Send, ASGIApp], Awaitable[None]]
+FastHandler = Callable[[Scope, Receive, Send, ASGIApp], Coroutine[Any, Any, None]]
 
 
 def _query(scope: Scope, known: frozenset[str]) -> dict[str, str] | None:
@@ -100,15 +101,22 @@ class JobFastPaths:
             selected = parse_fields(params.get("fields"))
         except ApiError:  # the route's own validation words the answer
             return await route_app(scope, receive, send)
+        del params, timeout_text  # parsed: not held (with their strings) while a long poll waits
         engine = self.engine
         viewer = await self._viewer(scope, receive)
         job_id: str = scope["path_params"]["job_id"]
-        with _translated(job_id):
+        try:  # no context manager objects held while a long poll waits (issue 11, W5)
             if poll_timeout is None:
                 job = await engine.jobs.get(viewer, job_id)
             else:
-                with engine.waiting_limit.hold(None if viewer is ANYONE else viewer.name):
+                user = None if viewer is ANYONE else viewer.name
+                engine.waiting_limit.enter(user)
+                try:
                     job = await engine.jobs.wait_for_change(viewer, job_id, baseline=baseline, timeout=poll_timeout)
+                finally:
+                    engine.waiting_limit.leave(user)
+        except (JobNotFound, JobAlreadyTerminal, JobNotTerminal) as exc:
+            raise _refusal(job_id, exc) from None
         body = {"record": job_to_wire(job, engine.jobs_href, selected, admin=viewer.shows_owners)}
         retry_after = engine.retry_after if poll_timeout is None else None
         await _send_json(send, 200, body, self._job_headers(job, retry_after))
@@ -151,6 +159,7 @@ class FastRoute(BaseRoute):
         self.methods = {method}
         self.fast = fast
         self.router = router
+        self._declined = self._decline  # bound once, not per request
         self.path_regex, self.path_format, self.param_convertors = compile_path(path)
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
@@ -165,8 +174,10 @@ class FastRoute(BaseRoute):
     def url_path_for(self, name: str, /, **path_params: Any) -> Any:
         raise NoMatchFound(name, path_params)
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.fast(scope, receive, send, self._decline)
+    def handle(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+        # The handler's coroutine itself, awaited by the router: no frame of this route stays on
+        # the stack of a held long poll (issue 11, W5).
+        return self.fast(scope, receive, send, self._declined)
 
     async def _decline(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[_DECLINED] = True

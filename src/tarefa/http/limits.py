@@ -47,9 +47,14 @@ class BodyLimitMiddleware:
             message = f"the URL's {where} holds a control character (such as %00): no parameter takes one"
             await send_error(send, ensure_request_id(scope), ApiError(400, "invalid_parameter", message, target=where))
             return
-        declared = _content_length(scope)
+        declared, framed = _body_framing(scope)
         if declared is not None and declared > self.max_body:
             await self._refuse(scope, send, f"the request body declares {declared} bytes")
+            return
+        if not framed and (declared is None or declared >= 0):
+            # No body, or one whose declared length (which the server holds it to) is within the
+            # limit: nothing to count, and no counting objects held while a long poll waits.
+            await self.app(scope, receive, send)
             return
         reading = _LimitedBody(self.max_body, receive, send)
         try:
@@ -94,12 +99,19 @@ class _LimitedBody:
         await self._send(message)
 
 
-def _content_length(scope: Scope) -> int | None:
+def _body_framing(scope: Scope) -> tuple[int | None, bool]:
+    """The declared ``Content-Length`` (-1: one that is not a number; None: none), and whether the
+    body comes in another framing (``Transfer-Encoding``) or with more than one length."""
+    declared: int | None = None
+    framed = False
     for name, value in scope["headers"]:
         if name == b"content-length":
             text = value.strip()
-            return int(text) if text.isdigit() else None
-    return None
+            framed = framed or declared is not None
+            declared = int(text) if text.isdigit() else -1
+        elif name == b"transfer-encoding":
+            framed = True
+    return declared, framed
 
 
 def _control_character_in(scope: Scope) -> str | None:

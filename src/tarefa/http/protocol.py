@@ -7,6 +7,13 @@ from the connection's opening) to its last header line, and the body ``body_time
 between two pieces; then it answers ``408`` and closes. The server's own refusals of malformed
 HTTP (uvicorn writes them in plain text) get the SPEC error body and a ``request-id`` (§6).
 
+Memory (issue 11, W5): a connection holding a long poll keeps uvicorn's protocol and request
+cycle alive for the whole wait. uvicorn gives each connection a ``deque`` for pipelined requests
+and an :class:`asyncio.Event` for write flow control, and each request another ``Event``: three
+``deque`` objects of 760 bytes each. This protocol uses a small list and :class:`_Event` (one
+future at most, made only when someone waits) instead: the same behaviour, ~2 KB less per
+connection.
+
 Use it with ``uvicorn.Config(http=protocol_class(ReadTimeouts(...)))``.
 """
 
@@ -33,6 +40,55 @@ class ReadTimeouts:
     body: float = DEFAULT_BODY_TIMEOUT
 
 
+class _Event:
+    """What uvicorn uses of :class:`asyncio.Event` (``set``, ``clear``, ``is_set``, ``wait``), with
+    no ``deque`` of waiters: each user has one waiter at most (the request's task), so a list is
+    made only while some task waits."""
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self) -> None:
+        self._value = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        if not self._value:
+            self._value = True
+            for waiter in self._waiters or ():
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> bool:
+        if self._value:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+            return True
+        finally:
+            self._waiters.remove(waiter)
+            if not self._waiters:
+                self._waiters = None
+
+
+class _Pipeline(list):  # type: ignore[type-arg]
+    """uvicorn's pipelined requests (it uses ``appendleft``, ``pop`` and truth) in a list."""
+
+    __slots__ = ()
+
+    def appendleft(self, item: object) -> None:
+        self.insert(0, item)
+
+
 def protocol_class(timeouts: ReadTimeouts) -> type[TimedHttpProtocol]:
     """The protocol class for ``uvicorn.Config(http=...)``, with these timeouts."""
     return type("TimedHttpProtocol", (TimedHttpProtocol,), {"timeouts": timeouts})
@@ -56,6 +112,7 @@ class TimedHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._read_timer: asyncio.TimerHandle | None = None
+        self.pipeline = _Pipeline()  # type: ignore[assignment]
 
     def _arm(self, seconds: float, reading: str) -> None:
         self._disarm()
@@ -68,6 +125,9 @@ class TimedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        writable = _Event()
+        writable.set()
+        self.flow._is_writable_event = writable  # type: ignore[assignment]
         self._arm(self.timeouts.header, "connection")
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -80,7 +140,10 @@ class TimedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._arm(self.timeouts.body, "body")
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not before:  # a new cycle, its task not yet run: nothing waits on its Event
+            self.cycle.message_event = _Event()  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         self._arm(self.timeouts.body, "body")

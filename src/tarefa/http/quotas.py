@@ -33,8 +33,16 @@ class WaitingLimit:
     @contextlib.contextmanager
     def hold(self, user: str | None) -> Iterator[None]:
         """One open wait of ``user`` for the duration of the block, or :class:`ApiError` 429."""
-        if user is None:
+        self.enter(user)
+        try:
             yield
+        finally:
+            self.leave(user)
+
+    def enter(self, user: str | None) -> None:
+        """Count one open wait of ``user`` (:class:`ApiError` 429 at the limit); :meth:`leave` it
+        after. (:meth:`hold` without a context manager object held for the wait: issue 11, W5.)"""
+        if user is None:
             return
         count = self._open.get(user, 0)
         if count >= self.limit:
@@ -46,12 +54,14 @@ class WaitingLimit:
                 headers={"Retry-After": str(self.retry_after)},
             )
         self._open[user] = count + 1
-        try:
-            yield
-        finally:
-            self._open[user] -= 1
-            if not self._open[user]:
-                del self._open[user]
+
+    def leave(self, user: str | None) -> None:
+        """The end of a wait counted by :meth:`enter`."""
+        if user is None:
+            return
+        self._open[user] -= 1
+        if not self._open[user]:
+            del self._open[user]
 
 
 class QueueLimit:

@@ -188,14 +188,19 @@ def _translated(job_id: str) -> Iterator[None]:
     """The application layer's refusals as the SPEC's answers."""
     try:
         yield
-    except JobNotFound:
+    except (JobNotFound, JobAlreadyTerminal, JobNotTerminal) as exc:
+        raise _refusal(job_id, exc) from None
+
+
+def _refusal(job_id: str, exc: JobNotFound | JobAlreadyTerminal | JobNotTerminal) -> ApiError:
+    """The SPEC's answer to one of the application layer's refusals."""
+    if isinstance(exc, JobNotFound):
         message = f"there is no job {job_id!r} (or it has been deleted)"
-        raise ApiError(404, "job_not_found", message, target="id") from None
-    except JobAlreadyTerminal as exc:
-        raise ApiError(409, "job_terminal", f"job {job_id} has already ended ({exc.job.state.value})") from None
-    except JobNotTerminal as exc:
-        raise ApiError(
-            409,
-            "job_not_terminal",
-            f"job {job_id} is still {exc.job.state.value}: cancel it, and delete it once it has ended",
-        ) from None
+        return ApiError(404, "job_not_found", message, target="id")
+    if isinstance(exc, JobAlreadyTerminal):
+        return ApiError(409, "job_terminal", f"job {job_id} has already ended ({exc.job.state.value})")
+    return ApiError(
+        409,
+        "job_not_terminal",
+        f"job {job_id} is still {exc.job.state.value}: cancel it, and delete it once it has ended",
+    )

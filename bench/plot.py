@@ -1,5 +1,6 @@
 """The results as one picture: ``python -m bench.plot results.json out.png`` (matplotlib; the runner
-runs it in ``bench/.venvs/plot``). One panel per question, tarefa's bars in blue, others in grey."""
+runs it in ``bench/.venvs/plot``). One panel per question, tarefa's bars in blue, others in grey;
+the last two draw tarefa against the best peer of the run, and PostgreSQL against embedded."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import sys
 from typing import Any
 
 import matplotlib
+from bench.stats import Workload
+from bench.targets import comparisons
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
 
 TAREFA = ("#1f5fbf", "#7ea6e0")
 OTHER = ("#6b6b6b", "#bdbdbd")
+TIMES = "\u00d7"  # multiplication sign
 
 
 def title_of(results: dict[str, Any], key: str) -> str:
@@ -59,9 +64,39 @@ def hbars(ax: Any, rows: list[dict[str, Any]], series: list[tuple[str, str]], ti
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
 
 
+def ratio_bars(ax: Any, names: list[str], ratios: list[float], goal: float, title: str, unit: str) -> None:
+    """One bar per headline figure, a line at the goal; a bar right of it meets it."""
+    names, ratios = list(reversed(names)), list(reversed(ratios))
+    colors = [TAREFA[0] if r >= goal else "#c0392b" for r in ratios]
+    bars = ax.barh(range(len(names)), ratios, color=colors)
+    for bar, value in zip(bars, ratios, strict=True):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:.2f}{TIMES}", va="center", fontsize=7)
+    ax.axvline(goal, color="black", linewidth=1, linestyle="--")
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_title(title, fontsize=10, loc="left")
+    ax.set_xlabel(unit, fontsize=8)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}{TIMES}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
+    ax.margins(x=0.25)
+
+
+
+def draw_ratios(ax_peer: Any, ax_pg: Any, results: dict[str, Any]) -> None:
+    found = comparisons([Workload.from_dict(w) for w in results["workloads"]])
+    peer = [(f"{c.headline.name} (vs {c.peer.label})", c.vs_peer) for c in found if c.vs_peer and c.peer]
+    ratio_bars(ax_peer, [n for n, _ in peer], [r for _, r in peer], 1.0,
+               "tarefa · SQLite against the best peer of this run — right of the line is better",
+               "times better than the best peer (log)")  # fmt: skip
+    pg = [(c.headline.name, c.pg_share) for c in found if c.pg_share]
+    ratio_bars(ax_pg, [n for n, _ in pg], [r for _, r in pg], 0.5,
+               "tarefa · PostgreSQL as a share of embedded — goal ≥ 0.5 (the line)",
+               "PostgreSQL ÷ embedded (throughput; inverse for times)")  # fmt: skip
+
+
 def draw(results: dict[str, Any], path: str) -> None:
-    fig, axes = plt.subplots(3, 2, figsize=(16, 15))
-    (a, b), (c, d), (e, f) = axes
+    fig, axes = plt.subplots(4, 2, figsize=(16, 20))
+    (a, b), (c, d), (e, f), (g, h) = axes
     throughput = merged(results, [("W1", "jobs_per_s", "w1"), ("W2", "jobs_per_s", "w2")])
     hbars(a, throughput, [("w1", "W1: one caller"), ("w2", "W2: concurrent callers")],
           "W1/W2 throughput, no-op jobs — higher is better", "jobs/s", log=True)  # fmt: skip
@@ -79,6 +114,7 @@ def draw(results: dict[str, Any], path: str) -> None:
            ("server_cpu_ms", "server CPU ms beyond running the jobs")],
           "W6 cost of waiting — lower is better\n(rows 1-3: one changing job; rows 4-5: many clients, "
           "unchanging jobs)", "requests per change  /  ms", log=True)  # fmt: skip
+    draw_ratios(g, h, results)
     fig.suptitle(f"tarefa side by side (tarefa in blue) — {results['machine']['cores']} cores, "
                  f"Python {results['machine']['python']}, size {results['size']}, {results['started']}",
                  fontsize=12)  # fmt: skip

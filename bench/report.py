@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.stats import Metric, Row, Workload
-from bench.targets import check_targets
+from bench.targets import best_peers, check_targets
 
 TIMES, DASH = "\u00d7", "\u2013"  # multiplication sign, en dash
 ANALYSIS_MARKER = "<!-- Hand-written analysis below this line: kept when bench/run.py rewrites the page. -->"
@@ -123,6 +123,11 @@ def render(results: dict[str, Any], workloads: list[Workload], plot_name: str | 
         measured = f" Measured {workload.measured}." if workload.measured else ""
         lines += [f"## {workload.title}", "", f"Setup: {workload.setup}.{measured}", "", *table(workload), ""]
         lines += [*usage_notes(workload), *workload.notes, ""]
+    lines += ["## tarefa against the best peer", "",
+              "Each headline figure of tarefa embedded beside the best peer's of the same run (Celery, arq, "
+              "the hand-written service), and tarefa on PostgreSQL as a share of embedded "
+              "(its throughput ÷ embedded's, or embedded's latency ÷ its own).", "",
+              *best_peers(workloads), ""]  # fmt: skip
     lines += ["## Targets", "", *check_targets(workloads), ""]
     return "\n".join(lines)
 

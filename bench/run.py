@@ -60,9 +60,14 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
 ALL_WORKLOADS = ["W1", "W2", "W3", "W4", "W5", "W6"]
 
 
+FAST_LABEL = "tarefa · SQLite, synchronous=NORMAL (faster, not power-loss safe)"
+
+
 def build_systems(redis: services.Redis | str) -> list[System]:
     return [
         TarefaEmbedded(),
+        # the faster setting, reported beside (never the default): a commit may be lost on power loss
+        TarefaEmbedded("tarefa-sqlite-normal", FAST_LABEL, synchronous="normal"),
         TarefaPostgres(),
         CeleryRedis(redis),
         ArqRedis(redis, 0.5, key="arq-0.5s", label="arq + Redis, default 0.5 s polls"),

@@ -15,6 +15,7 @@ REQUIREMENTS = {
     "celery": ["celery[redis]==5.7.0"],
     "arq": ["arq==0.28.0"],
     "plot": ["matplotlib==3.11.2"],
+    "servers": ["granian==2.8.9", "uvicorn==0.54.0", "uvloop==0.23.0"],
 }
 
 

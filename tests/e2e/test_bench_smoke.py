@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKLOADS = {"W1", "W2", "W3", "W4", "W5", "W6a", "W6b"}
@@ -45,3 +46,27 @@ def test_bench_runner_completes_and_writes_its_table(tmp_path: Path) -> None:
         assert not broken, (workload["key"], broken)
     assert (tmp_path / "benchmarks.png").stat().st_size > 10_000
     assert elapsed < 400, f"the smoke run took {elapsed:.0f} s"
+
+
+def _json_of(module: str, *args: str) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", module, *args, "--json"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+def test_the_http_server_tool_measures_each_server() -> None:
+    found = _json_of("bench.http_servers", "--servers", "uvicorn,uvicorn-tarefa", "--rounds", "1", "--seconds", "0.5",
+                     "--held", "500")  # fmt: skip
+    assert set(found["medians"]) == {"uvicorn", "uvicorn-tarefa"}
+    for figures in found["medians"].values():
+        assert figures["rps_c32"] > 0 and figures["server_us_per_request"] > 0 and figures["p50_us_c1"] > 0
+        assert figures["kb_per_held"] > 0  # held requests take memory: a zero would mean none were held
+
+
+def test_the_floor_tool_runs_tarefa_and_the_floor_on_w1_and_w2() -> None:
+    found = _json_of("bench.floors", "--rounds", "1", "--w1", "150", "--w2", "600")
+    assert set(found["medians"]) == {"tarefa W1", "tarefa W2", "floor W1", "floor W2"}
+    for figures in found["medians"].values():
+        assert figures["jobs_per_s"] > 0 and figures["p50_ms"] > 0 and figures["server_cpu_ms_per_job"] > 0

@@ -29,6 +29,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from .http.held import HeldPolls
 from .http.limits import DEFAULT_MAX_BODY, BodyLimitMiddleware
 from .http.mount import Tarefa
 from .http.protocol import DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, ReadTimeouts, protocol_class
@@ -183,12 +184,15 @@ def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, access_log: 
     configure_logging(log_format, log_level)
     limits = limits or ServerLimits.from_env()
     raise_descriptor_limit()
+    # Long polls parked without a task where nothing would be skipped (tarefa.http.held): not
+    # behind proxy headers (they rewrite the client an identity function may read) or trace logs.
+    held = None if proxy_headers or log_level == "trace" else HeldPolls.of(app)
     config = uvicorn.Config(
         BodyLimitMiddleware(app, limits.max_body),
         host=host,
         port=port,
         loop="uvloop" if _has_uvloop() else "asyncio",
-        http=protocol_class(ReadTimeouts(limits.header_timeout, limits.body_timeout)),  # httptools
+        http=protocol_class(ReadTimeouts(limits.header_timeout, limits.body_timeout), held),  # httptools
         proxy_headers=proxy_headers,
         lifespan="on",
         access_log=access_log,

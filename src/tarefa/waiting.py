@@ -33,6 +33,7 @@ change I may see after token T" (:meth:`ChangeHub.wait_for_any`) with no store q
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -332,6 +333,11 @@ class ChangeHub:
                 del self._watches[watch.job_id]
 
 
+#: The context :class:`HeldWait` wakes up in: no copy of the parking request's context (its
+#: request id and the like) is kept for the whole wait; the answer sets its own.
+_NO_CONTEXT = contextvars.Context()
+
+
 class HeldWait:
     """A long poll parked by :meth:`ChangeHub.hold`: the same loop as
     :meth:`ChangeHub.wait_for_change`, run from its wake-up future's callback instead of a task."""
@@ -369,7 +375,7 @@ class HeldWait:
             self._key = hub.deadlines.add(loop, self._deadline, wakeup)
             self._job = job
             self._loop = loop
-            wakeup.add_done_callback(self._resume)
+            wakeup.add_done_callback(self._resume, context=_NO_CONTEXT)  # not the parking request's
             return self
         hub._forget(watch)
         return job

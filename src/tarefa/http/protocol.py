@@ -113,6 +113,14 @@ def raw_error(error: ApiError) -> bytes:
 class TimedHttpProtocol(HttpToolsProtocol):
     """:class:`HttpToolsProtocol` with header and body read timeouts and SPEC error bodies."""
 
+    # uvicorn's attributes (and ours) in slots: its ~30 attributes, some first set after
+    # __init__, make each connection's instance dict a combined one of ~2 KB (issue 11, W5).
+    __slots__ = (
+        "_read_timer", "access_log", "access_logger", "app", "app_state", "asgi_version", "client", "config",
+        "connections", "cycle", "expect_100_continue", "flow", "headers", "limit_concurrency", "logger", "loop",
+        "parked", "parser", "pipeline", "root_path", "scheme", "scope", "server", "server_state", "tasks",
+        "timeout_keep_alive", "timeout_keep_alive_task", "transport", "url", "ws_protocol_class",
+    )  # fmt: skip
     timeouts = ReadTimeouts()
     held: HeldPolls | None = None
 

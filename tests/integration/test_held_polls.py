@@ -290,3 +290,21 @@ async def test_a_route_in_front_of_the_fast_route_takes_its_requests(pair: Pair)
     finally:
         del pair.app.router.routes[0]
     pair.gates.open("g9")
+
+
+async def test_fastapis_telemetry_once_configured_sends_long_polls_through_the_app(pair: Pair) -> None:
+    from opentelemetry.trace import NoOpTracerProvider
+
+    job = await pair.start_job("g10")
+    telemetry = pair.app._native_telemetry  # type: ignore[attr-defined]
+    telemetry.config["tracer_provider"] = NoOpTracerProvider()
+    try:
+        assert telemetry.enabled()
+        answer = asyncio.ensure_future(pair.parked.raw(poll(job, 30), {"request-id": "rid-10"}))
+        await asyncio.sleep(0.3)
+        assert pair.parked.tasks == 1  # not parked: a task through the app
+        pair.gates.open("g10")
+        fast = await asyncio.wait_for(answer, 5)
+        assert fast.startswith(b"HTTP/1.1 200") and b'"state":"success"' in fast
+    finally:
+        telemetry.config["tracer_provider"] = None

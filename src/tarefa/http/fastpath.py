@@ -98,8 +98,22 @@ def read_params(scope: Scope) -> tuple[int | None, datetime | None, frozenset[st
 async def send_read(send: Send, engine: Tarefa, job: Job, viewer: Viewer, selected: frozenset[str] | None,
                     retry_after: int | None) -> None:  # fmt: skip
     """The answer of ``GET /jobs/{id}`` (``retry_after``: a plain read's ``Retry-After``)."""
-    body = {"record": job_to_wire(job, engine.jobs_href, selected, admin=viewer.shows_owners)}
-    await _send_json(send, 200, body, _job_headers(job, retry_after))
+    await send_rendered(send, render_read(engine, job, viewer.shows_owners, selected, retry_after))
+
+
+Rendered = tuple[list[tuple[bytes, bytes]], bytes]
+
+
+def render_read(engine: Tarefa, job: Job, admin: bool, selected: frozenset[str] | None,
+                retry_after: int | None) -> Rendered:  # fmt: skip
+    """The headers and body of ``GET /jobs/{id}``'s answer (see :func:`send_read`)."""
+    data = orjson.dumps({"record": job_to_wire(job, engine.jobs_href, selected, admin=admin)})
+    return [(b"content-length", str(len(data)).encode()), _JSON, *_job_headers(job, retry_after)], data
+
+
+async def send_rendered(send: Send, rendered: Rendered) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": list(rendered[0])})
+    await send({"type": "http.response.body", "body": rendered[1]})
 
 
 class JobFastPaths:

@@ -20,6 +20,7 @@ goes through the app as before. What the layers do is done here as they do it:
   answer, and an unexpected fault answered ``500 internal_error`` and logged with the id;
 - Starlette's exception middleware: a refusal (``ApiError``, ``StoreUnavailable``, ...) answered
   by the app's own handler for it, as registered;
+- FastAPI: its own OpenTelemetry, once configured, sends every request through the app;
 - the router and the fast route: ``scope["app"]``, ``["router"]``, ``["route"]`` and the path
   parameters set before the app's ``identity`` sees the request; then the fast route's own code
   (:func:`~tarefa.http.fastpath.read_params`, the per-user limit, :func:`~tarefa.http.fastpath.send_read`).
@@ -48,7 +49,7 @@ from ..model import Job
 from ..waiting import HeldWait
 from .access import viewer_of
 from .errors import ApiError, RequestIdMiddleware, _SendWithId, ensure_request_id, send_error
-from .fastpath import FastRoute, JobFastPaths, read_params, send_read
+from .fastpath import FastRoute, JobFastPaths, Rendered, read_params, render_read, send_rendered
 from .limits import _body_framing, _control_character_in
 from .routes import _refusal
 
@@ -66,6 +67,7 @@ class HeldPolls:
         self.app = app
         self.engine = engine
         self.prefix = f"{engine.jobs_href}/"
+        self._last: tuple[Job, bool, frozenset[str] | None, Rendered] | None = None
 
     @classmethod
     def of(cls, app: Any) -> HeldPolls | None:
@@ -80,7 +82,15 @@ class HeldPolls:
             return None
         if middleware[0].args or middleware[0].kwargs:
             return None
+        kind = type(app)
+        if kind.__call__ is not FastAPI.__call__ or kind.build_middleware_stack is not FastAPI.build_middleware_stack:
+            return None  # an app that serves its requests its own way
         return cls(app, engine)
+
+    def _telemetry_on(self, scope: Scope) -> bool:
+        """FastAPI's own OpenTelemetry (a span per request once a provider is configured)."""
+        telemetry = getattr(self.app, "_native_telemetry", None)
+        return "fastapi.telemetry" in scope or (telemetry is not None and bool(telemetry.enabled()))
 
     def takes(self, scope: Scope) -> bool:
         """A first look (the rest is checked by :meth:`start`): a GET that may be a long poll."""
@@ -107,7 +117,11 @@ class HeldPolls:
         scope = cycle.scope
         found = None
         read = None
-        if _control_character_in(scope) is None and _body_framing(scope) == (None, False):
+        if (
+            _control_character_in(scope) is None
+            and _body_framing(scope) == (None, False)
+            and not self._telemetry_on(scope)
+        ):
             found = self._route(scope)
             read = read_params(scope) if found is not None else None
         if found is None or read is None or read[0] is None:
@@ -134,9 +148,11 @@ class HeldPolls:
             outcome = await engine.jobs.hold_for_change(
                 viewer, job_id, baseline=baseline, timeout=poll_timeout, done=answer.done
             )
-        except Exception as exc:
+        except BaseException as exc:
             if answer is not None:
                 engine.waiting_limit.leave(answer.user)
+            if not isinstance(exc, Exception):  # cancelled (a forced stop): nothing to answer
+                raise
             refusal = _refusal(job_id, exc) if isinstance(exc, JobNotFound) else exc
             await cycle.run_asgi(functools.partial(self.respond, refusal, rid, None, None))
             return
@@ -160,7 +176,7 @@ class HeldPolls:
             if isinstance(outcome, Exception):
                 raise outcome
             assert viewer is not None
-            await send_read(sender, self.engine, outcome, viewer, selected, None)
+            await send_rendered(sender, self._render(outcome, viewer.shows_owners, selected))
         except Exception as exc:
             await self._handle(exc, rid, scope, receive, sender)
 
@@ -181,6 +197,16 @@ class HeldPolls:
             raise exc
         message = f"the server failed unexpectedly; quote request-id {rid} to its operators"
         await send_error(sender, rid, ApiError(500, "internal_error", message))
+
+    def _render(self, job: Job, admin: bool, selected: frozenset[str] | None) -> Rendered:
+        """The answer for ``job``; the last one is kept: a change wakes every poll of its job in a
+        row, and they answer the same bytes (10,000 polls on 100 jobs: 100 renderings, not 10,000)."""
+        last = self._last
+        if last is not None and last[0] is job and last[1] == admin and last[2] == selected:
+            return last[3]
+        rendered = render_read(self.engine, job, admin, selected, None)
+        self._last = (job, admin, selected, rendered)
+        return rendered
 
     def _handler(self, exc: Exception) -> Any:
         """The app's handler for ``exc``, looked up as Starlette's exception middleware does."""

@@ -12,7 +12,7 @@ import pytest
 from api_app import build_app
 from starlette.middleware.gzip import GZipMiddleware
 
-from tarefa.serving import GracefulServer, server_config, tarefa_of
+from tarefa.serving import GracefulServer, open_descriptors, server_config, tarefa_of
 
 pytestmark = pytest.mark.anyio
 
@@ -43,3 +43,14 @@ async def test_startup_freezes_the_heap_the_app_made(tmp_path: Path) -> None:
         await server.shutdown()
     finally:
         gc.unfreeze()
+
+
+def test_open_descriptors_counts_this_processs_descriptors() -> None:
+    before = open_descriptors()
+    files = [open(__file__) for _ in range(50)]  # held open on purpose
+    try:
+        assert open_descriptors() == before + 50
+    finally:
+        for file in files:
+            file.close()
+    assert open_descriptors() == before

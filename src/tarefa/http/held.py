@@ -240,6 +240,7 @@ class _Answer:
         owner, protocol = self.owner, self.protocol
         if protocol.parked is self:
             protocol.parked = None
+        self.held = None  # over: a later cancel() does nothing
         owner.engine.waiting_limit.leave(self.user)
         outcome: Job | Exception = job if job is not None else _refusal(self.cycle.scope["path_params"]["job_id"],
                                                                           JobNotFound(""))  # fmt: skip

@@ -161,6 +161,9 @@ async def test_a_parked_long_poll_keeps_no_task_and_answers_the_change(pair: Pai
     assert fast == slow and fast_fields == slow_fields
     assert b'"state":"success"' in fast and b'"state":"success"' in fast_fields
     assert pair.jobs.hub.waiting == 0
+    metrics = (await pair.http.get("/metrics")).text
+    assert "tarefa_long_polls_waiting 0.0" in metrics
+    assert "tarefa_wakeup_seconds_count 4.0" in metrics  # each poll woken by the change, parked or not
 
 
 async def test_refusals_answer_as_the_app(pair: Pair) -> None:

@@ -2,13 +2,14 @@
 run, and the floors below it (issue 11).
 
     python -m bench.held_memory [--polls 10000] [old=/tmp/old/src] [new=src] [floor] [raw-uvicorn] [raw-tarefa]
+                                [raw-parked]
 
 Each ``label=SRC`` serves ``bench.servers.tarefa_app`` from that source tree (``git archive <commit> src |
 tar -x -C /tmp/old`` for an older one) and measures it exactly as ``bench.run``'s W5 does
 (:func:`bench.held.measure_held`: VmRSS with every request held minus before, per request). ``floor`` is
 W5's floor (uvicorn + FastAPI holding a request on a timer); ``raw-uvicorn`` and ``raw-tarefa`` are a raw
-ASGI handler on uvicorn with its own HTTP protocol or tarefa's (``bench/servers/raw_hold.py``). Prints one
-JSON line per part.
+ASGI handler on uvicorn with its own HTTP protocol or tarefa's, and ``raw-parked`` tarefa's protocol holding
+the request with no task (``bench/servers/raw_hold.py``). Prints one JSON line per part.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def raw(protocol: str, params: dict[str, float]) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--polls", type=int, default=10_000)
-    parser.add_argument("parts", nargs="*", default=["new=src", "floor", "raw-uvicorn", "raw-tarefa"])
+    parser.add_argument("parts", nargs="*", default=["new=src", "floor", "raw-uvicorn", "raw-tarefa", "raw-parked"])
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

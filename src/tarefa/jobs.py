@@ -22,7 +22,7 @@ from .operations import OperationRegistry, dump_input
 from .store import Created, Idempotency, JobQuery, JobStore, Precondition, ResourceBusy
 from .store.outbox import CallbackAttempt
 from .values import check_text, text_problem
-from .waiting import ChangeHub
+from .waiting import ChangeHub, HeldWait
 
 if TYPE_CHECKING:
     from .runner import Runner
@@ -184,6 +184,21 @@ class Jobs:
         if job is None:
             raise JobNotFound(job_id)
         return job
+
+    async def hold_for_change(
+        self, viewer: Viewer, job_id: str, *, baseline: datetime | None, timeout: float,
+        done: Callable[[Job | None], None],
+    ) -> Job | HeldWait:  # fmt: skip
+        """:meth:`wait_for_change` parked without a task (:meth:`~tarefa.waiting.ChangeHub.hold`):
+        the job if the answer is known at once, else a :class:`~tarefa.waiting.HeldWait` that calls
+        ``done`` with the job later (None: deleted while waiting). :class:`JobNotFound` if unknown."""
+        _check_id(job_id)
+        held = await self._hub.hold(
+            job_id, lambda: self._current(viewer, job_id, baseline), baseline=baseline, timeout=timeout, done=done
+        )
+        if held is None:
+            raise JobNotFound(job_id)
+        return held
 
     async def wait_until_terminal(self, viewer: Viewer, job: Job, timeout: float) -> Job:
         """The job once it has ended, or as it is after ``timeout`` seconds."""

@@ -33,6 +33,7 @@ change I may see after token T" (:meth:`ChangeHub.wait_for_any`) with no store q
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -292,9 +293,107 @@ class ChangeHub:
         finally:
             self._forget(watch)
 
+    async def hold(
+        self,
+        job_id: str,
+        read: Callable[[], Awaitable[Job | None]],
+        *,
+        baseline: datetime | None,
+        timeout: float,
+        done: Callable[[Job | None], None],
+    ) -> Job | HeldWait | None:
+        """:meth:`wait_for_change` without a task for the wait: the job (None: unknown) if the
+        answer is known once read, else a :class:`HeldWait` that calls ``done`` with the job (or
+        None) when :meth:`wait_for_change` would have returned it. A parked long poll then costs
+        its watch, a future and this object: no coroutine frame (issue 11, W5)."""
+        watch = _Watch(job_id)
+        watches = self._watches.get(job_id)
+        if watches is None:
+            watches = self._watches[job_id] = set()
+        watches.add(watch)
+        try:
+            job = await read()
+        except BaseException:
+            self._forget(watch)
+            raise
+        del read
+        if job is None:
+            self._forget(watch)
+            return None
+        loop = asyncio.get_running_loop()
+        held = HeldWait(self, watch, job, job.last_modified if baseline is None else baseline,
+                        loop.time() + timeout, done)  # fmt: skip
+        return held._step(loop)
+
     def _forget(self, watch: _Watch) -> None:
         watches = self._watches.get(watch.job_id)
         if watches is not None:
             watches.discard(watch)
             if not watches:
                 del self._watches[watch.job_id]
+
+
+#: The context :class:`HeldWait` wakes up in: no copy of the parking request's context (its
+#: request id and the like) is kept for the whole wait; the answer sets its own.
+_NO_CONTEXT = contextvars.Context()
+
+
+class HeldWait:
+    """A long poll parked by :meth:`ChangeHub.hold`: the same loop as
+    :meth:`ChangeHub.wait_for_change`, run from its wake-up future's callback instead of a task."""
+
+    __slots__ = ("_baseline", "_deadline", "_done", "_hub", "_job", "_key", "_loop", "_watch")
+
+    def __init__(self, hub: ChangeHub, watch: _Watch, job: Job, baseline: datetime, deadline: float,
+                 done: Callable[[Job | None], None]) -> None:  # fmt: skip
+        self._hub = hub
+        self._watch = watch
+        self._job = job
+        self._baseline = baseline
+        self._deadline = deadline
+        self._done = done
+        self._key = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _step(self, loop: asyncio.AbstractEventLoop) -> Job | HeldWait | None:
+        """The job (None: deleted) once the wait is over, else self, armed on a new wake-up."""
+        hub, watch, job, baseline = self._hub, self._watch, self._job, self._baseline
+        while not (job.is_terminal or job.last_modified > baseline or hub._closing):
+            latest = watch.take()
+            if latest is _DELETED:
+                hub._forget(watch)
+                return None
+            if isinstance(latest, Job):
+                job = latest if latest.last_modified > job.last_modified else job
+                if hub.on_wakeup is not None and job.last_modified > baseline:
+                    hub.on_wakeup(job)
+                continue
+            if self._deadline - loop.time() <= 0:
+                break
+            wakeup: asyncio.Future[None] = loop.create_future()
+            watch.wakeup = wakeup
+            self._key = hub.deadlines.add(loop, self._deadline, wakeup)
+            self._job = job
+            self._loop = loop
+            wakeup.add_done_callback(self._resume, context=_NO_CONTEXT)  # not the parking request's
+            return self
+        hub._forget(watch)
+        return job
+
+    def _resume(self, wakeup: asyncio.Future[None]) -> None:
+        self._hub.deadlines.remove(self._key, wakeup)
+        self._watch.wakeup = None
+        loop = self._loop
+        if loop is None:  # cancelled: the caller went away, nobody to answer
+            return
+        outcome = self._step(loop)
+        if outcome is not self:
+            self._done(outcome)  # type: ignore[arg-type]
+
+    def cancel(self) -> None:
+        """Stop waiting, with no answer (the caller has gone): ``done`` is not called."""
+        self._loop = None
+        wakeup = self._watch.wakeup
+        self._hub._forget(self._watch)
+        if wakeup is not None and not wakeup.done():
+            wakeup.cancel()  # _resume removes its deadline, and stops there

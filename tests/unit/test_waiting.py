@@ -223,3 +223,67 @@ async def test_a_shared_stores_hub_keeps_the_newest_copy_whatever_the_order_of_i
     assert hub.known_since(job.id, job.last_modified) == later
     hub.publish([JobChange(job.id, None)])  # deleted
     assert hub.known_since(job.id, job.last_modified) is None
+
+
+# -- parked without a task (ChangeHub.hold) -----------------------------------------------------
+
+
+async def test_a_held_wait_answers_the_change_the_deletion_and_the_timeout_through_done() -> None:
+    from tarefa.waiting import HeldWait
+
+    hub, job = ChangeHub(), running()
+    answers: list[Job | None] = []
+    held = await hub.hold(job.id, Jobs(job).read, baseline=None, timeout=5, done=answers.append)
+    assert isinstance(held, HeldWait) and hub.waiting == 1 and len(hub.deadlines) == 1
+    changed = model.report(job, now=model.utcnow(), message="moved")
+    hub.publish([JobChange(job.id, changed)])
+    await asyncio.sleep(0.01)
+    assert answers == [changed] and hub.waiting == 0 and len(hub.deadlines) == 0
+
+    held = await hub.hold(job.id, Jobs(changed).read, baseline=None, timeout=5, done=answers.append)
+    hub.publish([JobChange(job.id, None)])  # deleted while parked
+    await asyncio.sleep(0.01)
+    assert answers == [changed, None] and hub.waiting == 0
+
+    held = await hub.hold(job.id, Jobs(changed).read, baseline=None, timeout=0.05, done=answers.append)
+    await asyncio.sleep(0.2)
+    assert answers == [changed, None, changed] and hub.waiting == 0 and len(hub.deadlines) == 0
+
+
+async def test_a_held_wait_answers_at_once_when_nothing_is_to_wait_for() -> None:
+    hub, job = ChangeHub(), running()
+    answers: list[Job | None] = []
+    older = job.last_modified - timedelta(seconds=1)
+    assert await hub.hold(job.id, Jobs(job).read, baseline=older, timeout=5, done=answers.append) == job
+    assert await hub.hold("nope", Jobs(None).read, baseline=None, timeout=5, done=answers.append) is None
+    assert answers == [] and hub.waiting == 0
+
+
+async def test_a_cancelled_held_wait_never_answers_and_leaves_nothing_behind() -> None:
+    from tarefa.waiting import HeldWait
+
+    hub, job = ChangeHub(), running()
+    answers: list[Job | None] = []
+    held = await hub.hold(job.id, Jobs(job).read, baseline=None, timeout=5, done=answers.append)
+    assert isinstance(held, HeldWait)
+    held.cancel()
+    assert hub.waiting == 0
+    hub.publish([JobChange(job.id, model.report(job, now=model.utcnow(), message="moved"))])
+    await asyncio.sleep(0.01)
+    assert answers == [] and len(hub.deadlines) == 0
+
+    held = await hub.hold(job.id, Jobs(job).read, baseline=None, timeout=5, done=answers.append)
+    assert isinstance(held, HeldWait)
+    hub.publish([JobChange(job.id, model.report(job, now=model.utcnow(), message="moved"))])
+    held.cancel()  # woken, its callback not yet run: still no answer
+    await asyncio.sleep(0.01)
+    assert answers == [] and hub.waiting == 0 and len(hub.deadlines) == 0
+
+
+async def test_close_answers_held_waits_at_once() -> None:
+    hub, job = ChangeHub(), running()
+    answers: list[Job | None] = []
+    await hub.hold(job.id, Jobs(job).read, baseline=None, timeout=60, done=answers.append)
+    hub.close()
+    await asyncio.sleep(0.01)
+    assert answers == [job] and hub.waiting == 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Coroutine
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -25,6 +26,7 @@ from starlette.routing import BaseRoute, Match, NoMatchFound, compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..jobs import ANYONE, JobNotFound, Viewer
+from ..model import Job
 from ..store import JobAlreadyTerminal, JobNotTerminal
 from .access import viewer_of
 from .errors import REQUEST_ID_HEADER, ApiError
@@ -68,6 +70,52 @@ async def _send_json(send: Send, status: int, body: Any, headers: list[tuple[byt
     await send({"type": "http.response.body", "body": data})
 
 
+def _job_headers(job: Any, retry_after: int | None) -> list[tuple[bytes, bytes]]:
+    headers = [_NO_STORE, (b"etag", etag(job).encode())]
+    if retry_after is not None and not job.is_terminal:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    return headers
+
+
+def read_params(scope: Scope) -> tuple[int | None, datetime | None, frozenset[str] | None] | None:
+    """``GET /jobs/{id}``'s parameters (poll timeout, baseline, fields) in their documented form;
+    None for anything else (a malformed or repeated one): the route's validation answers it."""
+    params = _query(scope, frozenset({"poll_timeout", "last_modified", "fields"}))
+    if params is None:
+        return None
+    timeout_text = params.get("poll_timeout")
+    poll_timeout = None
+    if timeout_text is not None:
+        if not _POLL_TIMEOUT.fullmatch(timeout_text) or not 1 <= int(timeout_text) <= 120:
+            return None
+        poll_timeout = int(timeout_text)
+    try:
+        return poll_timeout, parse_baseline(params.get("last_modified")), parse_fields(params.get("fields"))
+    except ApiError:
+        return None
+
+
+async def send_read(send: Send, engine: Tarefa, job: Job, viewer: Viewer, selected: frozenset[str] | None,
+                    retry_after: int | None) -> None:  # fmt: skip
+    """The answer of ``GET /jobs/{id}`` (``retry_after``: a plain read's ``Retry-After``)."""
+    await send_rendered(send, render_read(engine, job, viewer.shows_owners, selected, retry_after))
+
+
+Rendered = tuple[list[tuple[bytes, bytes]], bytes]
+
+
+def render_read(engine: Tarefa, job: Job, admin: bool, selected: frozenset[str] | None,
+                retry_after: int | None) -> Rendered:  # fmt: skip
+    """The headers and body of ``GET /jobs/{id}``'s answer (see :func:`send_read`)."""
+    data = orjson.dumps({"record": job_to_wire(job, engine.jobs_href, selected, admin=admin)})
+    return [(b"content-length", str(len(data)).encode()), _JSON, *_job_headers(job, retry_after)], data
+
+
+async def send_rendered(send: Send, rendered: Rendered) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": list(rendered[0])})
+    await send({"type": "http.response.body", "body": rendered[1]})
+
+
 class JobFastPaths:
     """The fast handlers of one mounted :class:`~tarefa.Tarefa`'s job routes."""
 
@@ -79,29 +127,13 @@ class JobFastPaths:
             return ANYONE
         return await viewer_of(Request(scope, receive))
 
-    def _job_headers(self, job: Any, retry_after: int | None) -> list[tuple[bytes, bytes]]:
-        headers = [_NO_STORE, (b"etag", etag(job).encode())]
-        if retry_after is not None and not job.is_terminal:
-            headers.append((b"retry-after", str(retry_after).encode()))
-        return headers
-
     async def get_job(self, scope: Scope, receive: Receive, send: Send, route_app: ASGIApp) -> None:
         """``GET /jobs/{id}``: a standard read or a long poll."""
-        params = _query(scope, frozenset({"poll_timeout", "last_modified", "fields"}))
-        if params is None:
+        read = read_params(scope)
+        if read is None:  # the route's own validation words the answer
             return await route_app(scope, receive, send)
-        timeout_text = params.get("poll_timeout")
-        poll_timeout = None
-        if timeout_text is not None:
-            if not _POLL_TIMEOUT.fullmatch(timeout_text) or not 1 <= int(timeout_text) <= 120:
-                return await route_app(scope, receive, send)
-            poll_timeout = int(timeout_text)
-        try:
-            baseline = parse_baseline(params.get("last_modified"))
-            selected = parse_fields(params.get("fields"))
-        except ApiError:  # the route's own validation words the answer
-            return await route_app(scope, receive, send)
-        del params, timeout_text  # parsed: not held (with their strings) while a long poll waits
+        poll_timeout, baseline, selected = read
+        del read  # parsed: not held while a long poll waits
         engine = self.engine
         viewer = await self._viewer(scope, receive)
         job_id: str = scope["path_params"]["job_id"]
@@ -117,9 +149,8 @@ class JobFastPaths:
                     engine.waiting_limit.leave(user)
         except (JobNotFound, JobAlreadyTerminal, JobNotTerminal) as exc:
             raise _refusal(job_id, exc) from None
-        body = {"record": job_to_wire(job, engine.jobs_href, selected, admin=viewer.shows_owners)}
         retry_after = engine.retry_after if poll_timeout is None else None
-        await _send_json(send, 200, body, self._job_headers(job, retry_after))
+        await send_read(send, engine, job, viewer, selected, retry_after)
 
     async def cancel_job(self, scope: Scope, receive: Receive, send: Send, route_app: ASGIApp) -> None:
         """``PATCH /jobs/{id}?action=cancel``."""
@@ -132,7 +163,7 @@ class JobFastPaths:
         with _translated(job_id):
             job = await engine.jobs.cancel(viewer, job_id)
         body = {"job": job_to_wire(job, engine.jobs_href, admin=viewer.shows_owners)}
-        await _send_json(send, 202, body, self._job_headers(job, None))
+        await _send_json(send, 202, body, _job_headers(job, None))
 
     async def delete_job(self, scope: Scope, receive: Receive, send: Send, route_app: ASGIApp) -> None:
         """``DELETE /jobs/{id}``."""

@@ -20,13 +20,17 @@ Use it with ``uvicorn.Config(http=protocol_class(ReadTimeouts(...)))``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from .errors import REQUEST_ID_HEADER, ApiError, new_request_id
+
+if TYPE_CHECKING:
+    from .held import HeldPolls
 
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_BODY_TIMEOUT = 30.0
@@ -89,9 +93,11 @@ class _Pipeline(list):  # type: ignore[type-arg]
         self.insert(0, item)
 
 
-def protocol_class(timeouts: ReadTimeouts) -> type[TimedHttpProtocol]:
-    """The protocol class for ``uvicorn.Config(http=...)``, with these timeouts."""
-    return type("TimedHttpProtocol", (TimedHttpProtocol,), {"timeouts": timeouts})
+def protocol_class(timeouts: ReadTimeouts, held: HeldPolls | None = None) -> type[TimedHttpProtocol]:
+    """The protocol class for ``uvicorn.Config(http=...)``, with these timeouts; with ``held``
+    (:meth:`HeldPolls.of <tarefa.http.held.HeldPolls.of>` the app), long polls are parked
+    without a task (:mod:`tarefa.http.held`)."""
+    return type("TimedHttpProtocol", (TimedHttpProtocol,), {"timeouts": timeouts, "held": held})
 
 
 def raw_error(error: ApiError) -> bytes:
@@ -107,12 +113,37 @@ def raw_error(error: ApiError) -> bytes:
 class TimedHttpProtocol(HttpToolsProtocol):
     """:class:`HttpToolsProtocol` with header and body read timeouts and SPEC error bodies."""
 
+    # uvicorn's attributes (and ours) in slots: its ~30 attributes, some first set after
+    # __init__, make each connection's instance dict a combined one of ~2 KB (issue 11, W5).
+    __slots__ = (
+        "_read_timer", "access_log", "access_logger", "app", "app_state", "asgi_version", "client", "config",
+        "connections", "cycle", "expect_100_continue", "flow", "headers", "limit_concurrency", "logger", "loop",
+        "parked", "parser", "pipeline", "root_path", "scheme", "scope", "server", "server_state", "tasks",
+        "timeout_keep_alive", "timeout_keep_alive_task", "transport", "url", "ws_protocol_class",
+    )  # fmt: skip
     timeouts = ReadTimeouts()
+    held: HeldPolls | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._read_timer: asyncio.TimerHandle | None = None
         self.pipeline = _Pipeline()  # type: ignore[assignment]
+        #: The long poll parked on this connection (:mod:`tarefa.http.held`), if any.
+        self.parked: Any = None
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        held = self.held
+        if held is not None and app is self.app and held.takes(cycle.scope):
+            context = contextvars.Context() if self.config.reset_contextvars else None
+            task = self.loop.create_task(held.start(self, cycle, app), context=context)
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
+        else:
+            super()._start_asgi_task(cycle, app)
+
+    def start_answer(self, cycle: Any, app: Any) -> None:
+        """Answer ``cycle`` with ``app`` in a new task, as uvicorn starts a request's."""
+        super()._start_asgi_task(cycle, app)
 
     def _arm(self, seconds: float, reading: str) -> None:
         self._disarm()
@@ -132,6 +163,9 @@ class TimedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        parked, self.parked = self.parked, None
+        if parked is not None:
+            parked.cancel()
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:

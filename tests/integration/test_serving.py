@@ -1,0 +1,56 @@
+"""``tarefa.serving``: the server ``tarefa serve`` runs parks long polls where it may, and takes
+the app's startup heap out of the collector's full passes; on a real socket and SQLite file."""
+
+from __future__ import annotations
+
+import gc
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+from api_app import build_app
+from starlette.middleware.gzip import GZipMiddleware
+
+from tarefa.serving import GracefulServer, open_descriptors, server_config, tarefa_of
+
+pytestmark = pytest.mark.anyio
+
+
+def test_the_server_parks_long_polls_unless_something_would_be_skipped(tmp_path: Path) -> None:
+    app, _, _ = build_app(f"sqlite:///{tmp_path}/s.db", workers=0)
+    assert server_config(app).http.held is not None  # type: ignore[union-attr]
+    assert server_config(app, proxy_headers=True).http.held is None  # type: ignore[union-attr]
+    assert server_config(app, log_level="trace").http.held is None  # type: ignore[union-attr]
+    app.add_middleware(GZipMiddleware)
+    assert server_config(app).http.held is None  # type: ignore[union-attr]
+
+
+async def test_startup_freezes_the_heap_the_app_made(tmp_path: Path) -> None:
+    app, _, _ = build_app(f"sqlite:///{tmp_path}/g.db", workers=0)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = server_config(app, port=sock.getsockname()[1], log_level="warning")
+    config.load()
+    server = GracefulServer(config, tarefa_of(app))
+    server.lifespan = config.lifespan_class(config)
+    gc.unfreeze()
+    try:
+        await server.startup(sockets=[sock])
+        assert gc.get_freeze_count() > 0
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as http:
+            assert (await http.get("/healthz")).status_code == 200
+        await server.shutdown()
+    finally:
+        gc.unfreeze()
+
+
+def test_open_descriptors_counts_this_processs_descriptors() -> None:
+    before = open_descriptors()
+    files = [open(__file__) for _ in range(50)]  # held open on purpose
+    try:
+        assert open_descriptors() == before + 50
+    finally:
+        for file in files:
+            file.close()
+    assert open_descriptors() == before

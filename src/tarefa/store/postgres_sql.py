@@ -167,6 +167,52 @@ INSERT_JOB = f"""
 """
 
 
+# A lone write runs as one statement in autocommit mode (see postgres_batch): the statement also
+# sends its own notification, built around the event's seq (the payload's two parts are given).
+_ANNOUNCE = f"pg_notify('{CHANNEL}', %(announce_before)s::text || seq || %(announce_after)s::text)::text AS announced"
+
+
+def _seq_and(announce: bool) -> str:
+    return f"SELECT seq, {_ANNOUNCE} FROM event" if announce else "SELECT seq FROM event"
+
+
+def insert_job(*, announce: bool) -> str:
+    """INSERT_JOB, with its notification if ``announce``: the seq of the job's first event, or no
+    row if the insert met a conflict (the full rule then runs: idempotent replay, resource busy)."""
+    return f"""
+    WITH inserted AS (
+        INSERT INTO tarefa_jobs ({_JOB_COLUMNS}, idempotency_key, request_hash, resource_key)
+        VALUES ({_JOB_VALUES}, %(idempotency_key)s, %(request_hash)s, %(resource_key)s)
+        ON CONFLICT DO NOTHING
+        RETURNING {_EVENT_OF_JOB}
+    ),
+        event AS (INSERT INTO tarefa_job_events ({_EVENT_COLUMNS}) SELECT {_EVENT_OF_JOB} FROM inserted RETURNING seq)
+    {_seq_and(announce)}
+"""
+
+
+def update_held_job(*, announce: bool) -> str:
+    """A change of a running job, saved only if its row is still the version the change was made
+    from (``held_*``: same last change, same lease, same holder); else no row, and the full rule
+    runs (load the job locked, apply the transition, save)."""
+    return f"""
+    WITH changed AS (
+        UPDATE tarefa_jobs SET {", ".join(f"{name} = %({name})s" for name in MUTABLE_NAMES)}
+        WHERE id = %(id)s AND state = 'running' AND lease_owner = %(held_by)s
+            AND last_modified = %(held_last_modified)s AND lease_expires = %(held_lease_expires)s
+        RETURNING {_EVENT_OF_JOB}
+    ),
+        event AS (INSERT INTO tarefa_job_events ({_EVENT_COLUMNS}) SELECT {_EVENT_OF_JOB} FROM changed RETURNING seq)
+    {_seq_and(announce)}
+"""
+
+
+INSERT_JOB_ANNOUNCED = insert_job(announce=True)
+INSERT_JOB_QUIET = insert_job(announce=False)
+UPDATE_HELD_JOB_ANNOUNCED = update_held_job(announce=True)
+UPDATE_HELD_JOB_QUIET = update_held_job(announce=False)
+
+
 def list_jobs(query: JobQuery) -> tuple[sql.Composed, dict[str, Any]]:
     """The page of jobs ``query`` asks for: a statement and its parameters (keyset paging)."""
     if query.order_by not in ("create_time", "last_modified"):

@@ -5,15 +5,18 @@ with its own pool and LISTEN connection, as separate processes would have), migr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
+from tarefa import model
 from tarefa.model import Job, JobState, event_of, new_job, utcnow
 from tarefa.store import (
     Created,
@@ -535,7 +538,9 @@ async def test_a_plain_insert_that_conflicts_takes_the_full_rule(postgres_url: s
             await store.create_job(make_job(), resource_key=f"res-{first.job.id}")
         assert busy.value.job_id == holder.job.id
         with pytest.raises(StoreError, match="exists"):
-            await store.create_job(first.job)
+            await store.create_job(dataclasses.replace(first.job, input={"other": 1}))
+        # the same job again: an attempt whose answer was lost, found inserted
+        assert await store.create_job(first.job) == Created(first.job, created=True)
 
 
 def test_a_one_job_announcement_is_the_payload_the_batch_would_send() -> None:
@@ -548,3 +553,50 @@ def test_a_one_job_announcement_is_the_payload_the_batch_would_send() -> None:
         == encode_changes("origin1", [JobChange(job.id, job, event)])[0]
     )
     assert announcement("origin1", make_job(input={"blob": "x" * 20_000})) is None
+
+
+async def test_a_claim_in_one_statement_is_the_models_start(postgres_url: str, listen: Listen) -> None:
+    async with opened(postgres_url) as worker, opened(postgres_url) as api:
+        heard = listen(api)
+        ahead = utcnow() + timedelta(hours=1)  # a job stamped by a clock ahead of this one
+        jobs = [
+            (await api.create_job(make_job())).job,
+            (await api.create_job(new_job("thing.make", now=ahead, owner="bob", input={"q": [1, 2.5, None]}))).job,
+            (await api.create_job(make_job(input={"blob": "x" * 20_000}))).job,  # too large to notify
+        ]
+        before = utcnow()
+        for job in sorted(jobs, key=lambda job: (job.create_time, job.id)):
+            [started] = await worker.claim_jobs("w1", operations=["thing.make"], limit=1, lease_seconds=LEASE)
+            assert started == await api.get_job(job.id)
+            stamp = max(started.last_modified, before)
+            expected = model.start(job, now=stamp, worker="w1", lease_expires=started.lease_expires)
+            assert started == expected and started.lease_expires is not None
+            assert started.lease_expires - started.last_modified <= timedelta(seconds=LEASE)
+            await heard.wait_for(lambda job=job: len(heard.of(job.id)) == 2, what="the claim")
+            assert heard.of(job.id)[-1] == started
+        assert jobs[1].last_modified == ahead and heard.of(jobs[1].id)[-1].last_modified == ahead + timedelta(
+            microseconds=1
+        )
+        assert await worker.claim_jobs("w1", operations=["thing.make"], limit=5, lease_seconds=LEASE) == []
+
+
+async def test_a_claimed_job_that_wants_a_callback_for_its_start_gets_its_outbox_row(postgres_url: str) -> None:
+    async with opened(postgres_url) as store:
+        plain = (await store.create_job(make_job())).job
+        calling = (await store.create_job(make_job(callback={"url": "https://example.com/cb", "events": "all"}))).job
+        claimed = await store.claim_jobs("w1", operations=["thing.make"], limit=5, lease_seconds=LEASE)
+        assert [job.id for job in claimed] == [plain.id, calling.id]
+        deliveries = await store.claim_callbacks("cb", limit=10, lease_seconds=LEASE)
+        assert [(d.job_id, d.seq) for d in deliveries] == [(calling.id, d.seq) for d in deliveries]
+        events = await store.list_events(calling.id)
+        assert events is not None and sorted(d.seq for d in deliveries) == [e.seq for e in events]  # queued, running
+
+
+async def test_a_requeued_job_is_claimed_with_its_next_attempt(postgres_url: str) -> None:
+    async with opened(postgres_url) as store:
+        job = (await store.create_job(make_job(max_attempts=2))).job
+        await store.claim_jobs("w1", operations=["thing.make"], limit=1, lease_seconds=LEASE)
+        [requeued] = await store.recover_jobs(expired_only=False)
+        assert requeued.state is JobState.QUEUED and requeued.attempts == 1
+        [again] = await store.claim_jobs("w2", operations=["thing.make"], limit=1, lease_seconds=LEASE)
+        assert again.attempts == 2 and again.lease_owner == "w2" and again == await store.get_job(job.id)

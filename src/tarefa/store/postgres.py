@@ -67,9 +67,9 @@ from .base import (
 from .columns import NAMES, Codec, json_text
 from .documents import Documents
 from .jobstore import JobStore
-from .outbox import CallbackAttempt, CallbackDelivery
+from .outbox import CallbackAttempt, CallbackDelivery, deliveries_for
 from .postgres_batch import Cursor, GroupCommit, replace_broken_connections, store_error
-from .postgres_listen import ChangeFeed, Connection, announcement, encode_changes
+from .postgres_listen import ChangeFeed, Connection, announcement, announcement_head, encode_changes
 from .steps import Program, numbered, run_async
 
 logger = logging.getLogger("tarefa.store.postgres")
@@ -230,9 +230,14 @@ class PostgresStore(JobStore, Documents):
             }
             if await self._one_statement(q.INSERT_JOB_QUIET, q.INSERT_JOB_ANNOUNCED, params, job):
                 return Created(job, created=True)
-        created = await super().create_job(
-            job, idempotency=idempotency, resource_key=resource_key, precondition=precondition, claim=claim
-        )
+        try:
+            created = await super().create_job(
+                job, idempotency=idempotency, resource_key=resource_key, precondition=precondition, claim=claim
+            )
+        except StoreError as exc:  # "a job with this id exists": ours, if an attempt's answer was lost
+            if type(exc) is StoreError and await self.get_job(job.id) == job:
+                return Created(job, created=True)
+            raise
         if created.claimed is not None:
             self._remember(created.claimed)
         return created
@@ -240,11 +245,47 @@ class PostgresStore(JobStore, Documents):
     async def claim_jobs(
         self, worker: str, *, operations: Collection[str], limit: int, lease_seconds: float
     ) -> list[Job]:
-        """:meth:`JobStore.claim_jobs`; the claimed jobs are remembered for their end."""
-        jobs = await super().claim_jobs(worker, operations=operations, limit=limit, lease_seconds=lease_seconds)
-        for job in jobs:
+        """:meth:`JobStore.claim_jobs` in one statement (``CLAIM_JOBS_*``); the claimed jobs are
+        remembered for their end. Alone in its batch, if a job it would claim wants a callback
+        for its start, the full rule runs instead (it writes the outbox row in the claim's
+        transaction)."""
+        if not operations or limit <= 0:
+            return []
+        now = utcnow()
+        params = {
+            "operations": list(operations),
+            "limit": limit,
+            "now": now,
+            "worker": worker,
+            "lease_expires": now + timedelta(seconds=lease_seconds),
+            "announce_head": announcement_head(self._origin),
+        }
+
+        async def write(
+            cursor: Cursor, changes: list[JobChange], statement: str = q.CLAIM_JOBS_QUIET
+        ) -> list[Job] | None:
+            await cursor.execute(statement, params)
+            every = await cursor.fetchall()  # one row at least: see CLAIM_JOBS_*
+            rows = [row for row in every if row["id"] is not None]
+            if not rows and every[0]["picked"]:  # refused: a job wants a callback for its start
+                return None
+            jobs = [_row_to_job(row) for row in rows]
+            events = numbered([event_of(job) for job in jobs], [row["seq"] for row in rows])
+            changes.extend(JobChange(job.id, job, event) for job, event in zip(jobs, events, strict=True))
+            deliveries = deliveries_for(zip(jobs, events, strict=True), utcnow())
+            if deliveries:  # never alone: the statement refused to claim such jobs
+                await PgSteps(cursor, locking=True).do(steps.QueueCallbacks(deliveries))
+            return jobs
+
+        async def solo(cursor: Cursor, changes: list[JobChange]) -> list[Job] | None:
+            return await write(cursor, changes, q.CLAIM_JOBS_ANNOUNCED)
+
+        claimed = await self._writer.write(write, solo)
+        if claimed is None:
+            claimed = await super().claim_jobs(worker, operations=operations, limit=limit, lease_seconds=lease_seconds)
+        for job in claimed:
             self._remember(job)
-        return jobs
+        return claimed
 
     async def report_progress(
         self, job_id: str, worker: str, *, message: str | None, progress: int | None
@@ -270,6 +311,10 @@ class PostgresStore(JobStore, Documents):
             }
             if await self._one_statement(q.UPDATE_HELD_JOB_QUIET, q.UPDATE_HELD_JOB_ANNOUNCED, params, ended):
                 return ended
+            finished = await super().finish_job(job_id, worker, outcome)
+            if finished is None and await self.get_job(job_id) == ended:  # an attempt whose answer was lost
+                return ended
+            return finished
         return await super().finish_job(job_id, worker, outcome)
 
     async def renew_leases(self, worker: str, job_ids: Collection[str], lease_seconds: float) -> set[str]:

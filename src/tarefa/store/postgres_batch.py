@@ -23,7 +23,10 @@ durably with no ``BEGIN`` or ``COMMIT`` of its own: one round trip instead of th
 few and far between (one caller waiting for each job). It runs so only on a connection with nothing
 to read: a connection the server closed while it sat in the pool has (the server's farewell), and
 then the call runs as a transaction as usual, whose ``BEGIN`` finds the broken connection before
-anything is done (see :class:`StaleConnection`).
+anything is done (see :class:`StaleConnection`). A solo whose connection breaks under it may
+have committed or not: it runs once more on another connection, so each solo must find out by
+itself that it already ran (an insert meets its own row, an end finds the job ended as it would
+have ended it).
 
 One failing call must neither fail nor undo the others. A batch first runs its calls one after the
 other without savepoints (the common case: none fails). If one fails, the transaction is rolled
@@ -303,6 +306,8 @@ class _Batch:
         try:
             value = await write(cursor, made)
         except psycopg.Error as exc:
+            if conn.broken and write is call.solo:  # it may or may not have run: once more (module doc)
+                raise StaleConnection(str(exc)) from exc
             if conn.broken:
                 raise
             if isinstance(exc, _LOCK_CONFLICTS):

@@ -217,6 +217,11 @@ def announcement(origin: str, job: Job) -> dict[str, str] | None:
     return {"announce_before": (_payload_head(origin) + b'["j",' + wire + b",").decode(), "announce_after": "]]}"}
 
 
+def announcement_head(origin: str) -> str:
+    """The start of every payload of ``origin``, up to its first entry."""
+    return _payload_head(origin).decode()
+
+
 def _payload_head(origin: str) -> bytes:
     return b'{"o":"%s","c":[' % origin.encode()
 

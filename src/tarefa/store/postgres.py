@@ -12,7 +12,11 @@ Open it with ``open_store("postgresql://user@host:5432/db?pool_size=10")``. Quer
 Jobs are claimed with ``SELECT ... FOR UPDATE SKIP LOCKED``; a resource key is held by a partial
 unique index over non-terminal jobs, so two processes can never both start work on one resource.
 Every change is applied with the pure transitions of :mod:`tarefa.model` on a row locked with
-``FOR UPDATE``, so ``last_modified`` stays strictly increasing per job.
+``FOR UPDATE``, so ``last_modified`` stays strictly increasing per job; but the hot writes of a
+job, each one statement: the insert, the claim (:func:`tarefa.model.start` written in SQL, held to
+it by the tests), the end of a job claimed here (the transition applied to the version this store
+saved, written only if the row is still that version), the status of the first answer. Alone in
+a batch, such a statement is its own transaction and sends its own notification.
 
 *Group commit.* Writes share transactions: every write waiting when the writer becomes free goes
 into its next transaction, which commits (and announces) them all at once; each call still returns

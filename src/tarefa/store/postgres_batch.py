@@ -306,7 +306,7 @@ class _Batch:
         try:
             value = await write(cursor, made)
         except psycopg.Error as exc:
-            if conn.broken and write is call.solo:  # it may or may not have run: once more (module doc)
+            if conn.broken and solo:  # it may or may not have run: once more (module doc)
                 raise StaleConnection(str(exc)) from exc
             if conn.broken:
                 raise
@@ -352,10 +352,11 @@ def _quiet(conn: Connection) -> bool:
     """True if the server has sent nothing on this idle connection. A connection the server
     closed (a restart, ``pg_terminate_backend``) has its farewell or its end to read."""
     try:
-        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+        poller = select.poll()  # not select.select: it fails on descriptors above 1023
+        poller.register(conn.pgconn.socket, select.POLLIN)
+        return not poller.poll(0)
     except (OSError, ValueError, psycopg.OperationalError):
         return False
-    return not readable
 
 
 async def replace_broken_connections(pool: AsyncConnectionPool[Connection]) -> None:

@@ -5,18 +5,23 @@ with its own pool and LISTEN connection, as separate processes would have), migr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 
-from tarefa.model import Job, JobState, new_job, utcnow
+from tarefa import model
+from tarefa.model import Job, JobState, event_of, new_job, utcnow
 from tarefa.store import (
     Created,
+    Idempotency,
+    IdempotencyMismatch,
     JobChange,
     JobQuery,
     Outcome,
@@ -28,7 +33,9 @@ from tarefa.store import (
     open_store,
 )
 from tarefa.store.postgres import PostgresStore
+from tarefa.store.postgres_listen import announcement, encode_changes
 from tarefa.store.postgres_sql import MIGRATIONS
+from tarefa.store.steps import numbered
 
 if TYPE_CHECKING:
     from conftest import Recorder
@@ -466,3 +473,130 @@ async def test_while_the_listen_connection_is_down_a_long_poll_reads_the_store(
         # Not a wait on the stale copy until the reconnection: the store has the claim.
         woke = await asyncio.wait_for(jobs.wait_for_change(ANYONE, job.id, baseline=job.last_modified, timeout=10), 2)
         assert woke == claimed
+
+
+# -- one-statement writes -----------------------------------------------------------------------------
+
+
+async def test_a_lone_write_announces_itself_with_its_events_number(postgres_url: str, listen: Listen) -> None:
+    async with opened(postgres_url) as writer, opened(postgres_url) as reader:
+        own, theirs = listen(writer), listen(reader)
+        job = (await writer.create_job(make_job())).job
+        [running] = await writer.claim_jobs("w1", operations=["thing.make"], limit=1, lease_seconds=LEASE)
+        done = await writer.finish_job(job.id, "w1", Outcome(JobState.SUCCESS, result={"n": 1}))
+        await writer.set_answer_status(job.id, 200)
+        events = await writer.list_events(job.id)
+        assert events is not None and [event.state for event in events] == ["queued", "running", "success"]
+        await theirs.wait_for(lambda: len(theirs.of(job.id)) == 3, what="the three changes")
+        for heard in (own, theirs):
+            assert heard.of(job.id) == [job, running, done]
+            assert [change.event for change in heard.changes if change.job_id == job.id] == events
+        assert (await writer.replay_idempotent("alice", Idempotency("k", "h"))) is None
+
+
+async def test_an_end_after_a_change_made_elsewhere_applies_to_the_job_as_it_is_now(postgres_url: str) -> None:
+    async with opened(postgres_url) as worker, opened(postgres_url) as api:
+        jobs = [(await api.create_job(make_job())).job for _ in range(3)]
+        claimed = await worker.claim_jobs("w1", operations=["thing.make"], limit=3, lease_seconds=LEASE)
+        assert {job.id for job in claimed} == {job.id for job in jobs}
+        cancelled = await api.cancel_job(claimed[0].id)  # a visible change the worker did not make
+        assert cancelled is not None and cancelled.cancel_requested
+        assert await api.renew_leases("w1", [claimed[1].id], 2 * LEASE) == {claimed[1].id}  # not known to the worker
+        renewed = await api.get_job(claimed[1].id)
+        assert renewed is not None
+        success = Outcome(JobState.SUCCESS, result={"ok": True})
+        for before in (cancelled, renewed, claimed[2]):
+            ended = await worker.finish_job(before.id, "w1", success)
+            assert ended is not None and ended == await api.get_job(before.id)
+            assert ended.state is JobState.SUCCESS and ended.result == {"ok": True}
+            assert ended.cancel_requested == before.cancel_requested and ended.attempts == before.attempts
+            assert ended.last_modified > before.last_modified and ended.lease_owner is None
+        assert await worker.finish_job(claimed[2].id, "w1", success) is None  # ended: no longer held
+        assert await worker.finish_job(claimed[2].id, "w2", success) is None
+
+
+async def test_an_end_from_a_worker_that_lost_the_job_changes_nothing(postgres_url: str) -> None:
+    async with opened(postgres_url) as worker, opened(postgres_url) as other:
+        job = (await other.create_job(make_job())).job
+        assert len(await worker.claim_jobs("w1", operations=["thing.make"], limit=1, lease_seconds=LEASE)) == 1
+        [lost] = await other.recover_jobs(expired_only=False)  # as if its lease had run out
+        assert lost.id == job.id and lost.state is JobState.FAILURE
+        assert await worker.finish_job(job.id, "w1", Outcome(JobState.SUCCESS, result=1)) is None
+        assert await other.get_job(job.id) == lost
+
+
+async def test_a_plain_insert_that_conflicts_takes_the_full_rule(postgres_url: str) -> None:
+    async with opened(postgres_url) as store:
+        key = Idempotency(f"key-{utcnow().timestamp()}", "hash")
+        first = await store.create_job(make_job(), idempotency=key)
+        again = await store.create_job(make_job(), idempotency=key)
+        assert first.created and not again.created and again.job == first.job
+        with pytest.raises(IdempotencyMismatch):
+            await store.create_job(make_job(), idempotency=Idempotency(key.key, "other"))
+        holder = await store.create_job(make_job(), resource_key=f"res-{first.job.id}")
+        with pytest.raises(ResourceBusy) as busy:
+            await store.create_job(make_job(), resource_key=f"res-{first.job.id}")
+        assert busy.value.job_id == holder.job.id
+        with pytest.raises(StoreError, match="exists"):
+            await store.create_job(dataclasses.replace(first.job, input={"other": 1}))
+        # the same job again: an attempt whose answer was lost, found inserted
+        assert await store.create_job(first.job) == Created(first.job, created=True)
+
+
+def test_a_one_job_announcement_is_the_payload_the_batch_would_send() -> None:
+    job = make_job(input={"text": 'é ✓ " \\ \n'})
+    parts = announcement("origin1", job)
+    assert parts is not None
+    event = numbered([event_of(job)], [12345])[0]
+    assert (
+        parts["announce_before"] + "12345" + parts["announce_after"]
+        == encode_changes("origin1", [JobChange(job.id, job, event)])[0]
+    )
+    assert announcement("origin1", make_job(input={"blob": "x" * 20_000})) is None
+
+
+async def test_a_claim_in_one_statement_is_the_models_start(postgres_url: str, listen: Listen) -> None:
+    async with opened(postgres_url) as worker, opened(postgres_url) as api:
+        heard = listen(api)
+        ahead = utcnow() + timedelta(hours=1)  # a job stamped by a clock ahead of this one
+        jobs = [
+            (await api.create_job(make_job())).job,
+            (await api.create_job(new_job("thing.make", now=ahead, owner="bob", input={"q": [1, 2.5, None]}))).job,
+            (await api.create_job(make_job(input={"blob": "x" * 20_000}))).job,  # too large to notify
+        ]
+        before = utcnow()
+        for job in sorted(jobs, key=lambda job: (job.create_time, job.id)):
+            [started] = await worker.claim_jobs("w1", operations=["thing.make"], limit=1, lease_seconds=LEASE)
+            assert started == await api.get_job(job.id)
+            stamp = max(started.last_modified, before)
+            expected = model.start(job, now=stamp, worker="w1", lease_expires=started.lease_expires)
+            assert started == expected and started.lease_expires is not None
+            assert started.lease_expires - started.last_modified <= timedelta(seconds=LEASE)
+            await heard.wait_for(lambda job=job: len(heard.of(job.id)) == 2, what="the claim")
+            assert heard.of(job.id)[-1] == started
+        assert jobs[1].last_modified == ahead and heard.of(jobs[1].id)[-1].last_modified == ahead + timedelta(
+            microseconds=1
+        )
+        assert await worker.claim_jobs("w1", operations=["thing.make"], limit=5, lease_seconds=LEASE) == []
+
+
+async def test_a_claimed_job_that_wants_a_callback_for_its_start_gets_its_outbox_row(postgres_url: str) -> None:
+    async with opened(postgres_url) as store:
+        plain = (await store.create_job(make_job())).job
+        calling = (await store.create_job(make_job(callback={"url": "https://example.com/cb", "events": "all"}))).job
+        claimed = await store.claim_jobs("w1", operations=["thing.make"], limit=5, lease_seconds=LEASE)
+        assert [job.id for job in claimed] == [plain.id, calling.id]
+        deliveries = await store.claim_callbacks("cb", limit=10, lease_seconds=LEASE)
+        assert [(d.job_id, d.seq) for d in deliveries] == [(calling.id, d.seq) for d in deliveries]
+        events = await store.list_events(calling.id)
+        assert events is not None and sorted(d.seq for d in deliveries) == [e.seq for e in events]  # queued, running
+
+
+async def test_a_requeued_job_is_claimed_with_its_next_attempt(postgres_url: str) -> None:
+    async with opened(postgres_url) as store:
+        job = (await store.create_job(make_job(max_attempts=2))).job
+        await store.claim_jobs("w1", operations=["thing.make"], limit=1, lease_seconds=LEASE)
+        [requeued] = await store.recover_jobs(expired_only=False)
+        assert requeued.state is JobState.QUEUED and requeued.attempts == 1
+        [again] = await store.claim_jobs("w2", operations=["thing.make"], limit=1, lease_seconds=LEASE)
+        assert again.attempts == 2 and again.lease_owner == "w2" and again == await store.get_job(job.id)

@@ -12,7 +12,11 @@ Open it with ``open_store("postgresql://user@host:5432/db?pool_size=10")``. Quer
 Jobs are claimed with ``SELECT ... FOR UPDATE SKIP LOCKED``; a resource key is held by a partial
 unique index over non-terminal jobs, so two processes can never both start work on one resource.
 Every change is applied with the pure transitions of :mod:`tarefa.model` on a row locked with
-``FOR UPDATE``, so ``last_modified`` stays strictly increasing per job.
+``FOR UPDATE``, so ``last_modified`` stays strictly increasing per job; but the hot writes of a
+job, each one statement: the insert, the claim (:func:`tarefa.model.start` written in SQL, held to
+it by the tests), the end of a job claimed here (the transition applied to the version this store
+saved, written only if the row is still that version), the status of the first answer. Alone in
+a batch, such a statement is its own transaction and sends its own notification.
 
 *Group commit.* Writes share transactions: every write waiting when the writer becomes free goes
 into its next transaction, which commits (and announces) them all at once; each call still returns
@@ -38,7 +42,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -52,19 +56,32 @@ from psycopg_pool import AsyncConnectionPool
 from ..model import Job, JobError, JobEvent, JobState, event_of, utcnow
 from . import InvalidStoreURL, steps
 from . import postgres_sql as q
-from .base import Idempotency, JobChange, SchemaTooNew, StoreError, StoreUnavailable
+from .base import (
+    Claim,
+    Created,
+    Idempotency,
+    JobChange,
+    Outcome,
+    Precondition,
+    SchemaTooNew,
+    StoreError,
+    StoreUnavailable,
+    apply_outcome,
+)
 from .columns import NAMES, Codec, json_text
 from .documents import Documents
 from .jobstore import JobStore
-from .outbox import CallbackAttempt, CallbackDelivery
+from .outbox import CallbackAttempt, CallbackDelivery, deliveries_for
 from .postgres_batch import Cursor, GroupCommit, replace_broken_connections, store_error
-from .postgres_listen import ChangeFeed, Connection, encode_changes
+from .postgres_listen import ChangeFeed, Connection, announcement, announcement_head, encode_changes
 from .steps import Program, numbered, run_async
 
 logger = logging.getLogger("tarefa.store.postgres")
 
 #: How long the ids of deleted jobs are kept for listeners catching up after a reconnection.
 DELETED_IDS_RETENTION = timedelta(days=1)
+#: Most running jobs whose claimed version a store remembers (see PostgresStore.finish_job).
+HELD_JOBS_KEPT = 10_000
 
 _Number = TypeVar("_Number", int, float)
 _T = TypeVar("_T")
@@ -92,6 +109,7 @@ class PostgresStore(JobStore, Documents):
         self._pool_timeout = _positive("pool_timeout", pool_timeout, float)
         self._conninfo = _conninfo(url, connection_options)
         self._origin = secrets.token_hex(8)
+        self._held: dict[str, Job] = {}  # running jobs claimed here, as last saved here
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._opening = asyncio.Lock()
         self._writer = GroupCommit(
@@ -189,6 +207,157 @@ class PostgresStore(JobStore, Documents):
         """The server process id of the ``LISTEN`` connection, or None when disconnected."""
         return self._feed.backend_pid
 
+    # -- one-statement writes ------------------------------------------------------------------------
+    # The hot writes of a job (its insert, its end, the status of its first answer) are one statement
+    # each when nothing stands in their way; alone in a batch, that statement runs as the whole
+    # transaction and announces itself (:mod:`tarefa.store.postgres_batch`, *Solo*). When it cannot
+    # (a conflict, a job changed meanwhile), the full rule of :class:`JobStore` runs instead.
+
+    async def create_job(
+        self,
+        job: Job,
+        *,
+        idempotency: Idempotency | None = None,
+        resource_key: str | None = None,
+        precondition: Precondition | None = None,
+        claim: Claim | None = None,
+    ) -> Created:
+        """:meth:`JobStore.create_job`. A plain insert (no precondition, claim or callback) is tried
+        first as one statement; on any conflict (id, idempotency key, busy resource key) nothing is
+        inserted and the full rule runs, which finds which one."""
+        if precondition is None and claim is None and job.callback is None:
+            params = {
+                **_job_params(job),
+                "idempotency_key": idempotency.key if idempotency else None,
+                "request_hash": idempotency.request_hash if idempotency else None,
+                "resource_key": resource_key,
+            }
+            if await self._one_statement(q.INSERT_JOB_QUIET, q.INSERT_JOB_ANNOUNCED, params, job):
+                return Created(job, created=True)
+        try:
+            created = await super().create_job(
+                job, idempotency=idempotency, resource_key=resource_key, precondition=precondition, claim=claim
+            )
+        except StoreError as exc:  # "a job with this id exists": ours, if an attempt's answer was lost
+            if type(exc) is StoreError and await self.get_job(job.id) == job:
+                return Created(job, created=True)
+            raise
+        if created.claimed is not None:
+            self._remember(created.claimed)
+        return created
+
+    async def claim_jobs(
+        self, worker: str, *, operations: Collection[str], limit: int, lease_seconds: float
+    ) -> list[Job]:
+        """:meth:`JobStore.claim_jobs` in one statement (``CLAIM_JOBS_*``); the claimed jobs are
+        remembered for their end. Alone in its batch, if a job it would claim wants a callback
+        for its start, the full rule runs instead (it writes the outbox row in the claim's
+        transaction)."""
+        if not operations or limit <= 0:
+            return []
+        now = utcnow()
+        params = {
+            "operations": list(operations),
+            "limit": limit,
+            "now": now,
+            "worker": worker,
+            "lease_expires": now + timedelta(seconds=lease_seconds),
+            "announce_head": announcement_head(self._origin),
+        }
+
+        async def write(
+            cursor: Cursor, changes: list[JobChange], statement: str = q.CLAIM_JOBS_QUIET
+        ) -> list[Job] | None:
+            await cursor.execute(statement, params)
+            every = await cursor.fetchall()  # one row at least: see CLAIM_JOBS_*
+            rows = [row for row in every if row["id"] is not None]
+            if not rows and every[0]["picked"]:  # refused: a job wants a callback for its start
+                return None
+            jobs = [_row_to_job(row) for row in rows]
+            events = numbered([event_of(job) for job in jobs], [row["seq"] for row in rows])
+            changes.extend(JobChange(job.id, job, event) for job, event in zip(jobs, events, strict=True))
+            deliveries = deliveries_for(zip(jobs, events, strict=True), utcnow())
+            if deliveries:  # never alone: the statement refused to claim such jobs
+                await PgSteps(cursor, locking=True).do(steps.QueueCallbacks(deliveries))
+            return jobs
+
+        async def solo(cursor: Cursor, changes: list[JobChange]) -> list[Job] | None:
+            return await write(cursor, changes, q.CLAIM_JOBS_ANNOUNCED)
+
+        claimed = await self._writer.write(write, solo)
+        if claimed is None:
+            claimed = await super().claim_jobs(worker, operations=operations, limit=limit, lease_seconds=lease_seconds)
+        for job in claimed:
+            self._remember(job)
+        return claimed
+
+    async def report_progress(
+        self, job_id: str, worker: str, *, message: str | None, progress: int | None
+    ) -> Job | None:
+        job = await super().report_progress(job_id, worker, message=message, progress=progress)
+        if job is not None and job_id in self._held:  # not if its end has begun meanwhile
+            self._held[job_id] = job
+        return job
+
+    async def finish_job(self, job_id: str, worker: str, outcome: Outcome) -> Job | None:
+        """:meth:`JobStore.finish_job`. For a job claimed here, the outcome is applied (with the pure
+        transition) to the job as this store last saved it, and saved in one statement only if the
+        row is still that version; if anything changed it since (a cancel request, a renewed
+        lease), the full rule runs: load the job locked, apply the outcome, save."""
+        held = self._held.pop(job_id, None)
+        if held is not None and held.state is JobState.RUNNING and held.lease_owner == worker and held.callback is None:
+            ended = apply_outcome(held, outcome, now=utcnow())
+            params = {
+                **_job_params(ended),
+                "held_by": worker,
+                "held_last_modified": held.last_modified,
+                "held_lease_expires": held.lease_expires,
+            }
+            if await self._one_statement(q.UPDATE_HELD_JOB_QUIET, q.UPDATE_HELD_JOB_ANNOUNCED, params, ended):
+                return ended
+            finished = await super().finish_job(job_id, worker, outcome)
+            if finished is None and await self.get_job(job_id) == ended:  # an attempt whose answer was lost
+                return ended
+            return finished
+        return await super().finish_job(job_id, worker, outcome)
+
+    async def renew_leases(self, worker: str, job_ids: Collection[str], lease_seconds: float) -> set[str]:
+        for job_id in job_ids:  # their leases change: their end takes the full rule
+            self._held.pop(job_id, None)
+        return await super().renew_leases(worker, job_ids, lease_seconds)
+
+    async def release_jobs(self, worker: str, job_ids: Collection[str]) -> list[Job]:
+        for job_id in job_ids:
+            self._held.pop(job_id, None)
+        return await super().release_jobs(worker, job_ids)
+
+    async def set_answer_status(self, job_id: str, status: int) -> None:
+        await self._sql(q.SET_ANSWER_STATUS, {"id": job_id, "status": status})
+
+    def _remember(self, job: Job) -> None:
+        held = self._held
+        held[job.id] = job
+        if len(held) > HELD_JOBS_KEPT:  # jobs whose end never came here (a lost lease): the oldest go
+            del held[next(iter(held))]
+
+    async def _one_statement(self, quiet: str, announced: str, params: dict[str, Any], job: Job) -> bool:
+        """Save ``job`` (and its event) with one statement, in the next batch, or alone as its own
+        transaction, announcing itself (``announced``); False if the statement changed no row."""
+        parts = announcement(self._origin, job)
+
+        async def write(cursor: Cursor, changes: list[JobChange], statement: str = quiet) -> bool:
+            await cursor.execute(statement, params if statement is quiet else {**params, **(parts or {})})
+            row = await cursor.fetchone()
+            if row is None:
+                return False
+            changes.append(JobChange(job.id, job, numbered([event_of(job)], [row["seq"]])[0]))
+            return True
+
+        async def solo(cursor: Cursor, changes: list[JobChange]) -> bool:
+            return await write(cursor, changes, announced)
+
+        return await self._writer.write(write, solo if parts is not None else None)
+
     # -- documents ---------------------------------------------------------------------------------
 
     @property
@@ -262,7 +431,7 @@ class PostgresStore(JobStore, Documents):
             await cursor.execute(statement, params)
             return cursor.rowcount
 
-        return await self._writer.write(write)
+        return await self._writer.write(write, solo=write)  # one statement: its own transaction when alone
 
     async def _read_changes(self, job_ids: Sequence[str]) -> list[JobChange]:
         jobs = [_row_to_job(row) for row in await self._read_rows(q.SELECT_JOBS, {"ids": list(job_ids)})]

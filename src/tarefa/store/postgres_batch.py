@@ -16,6 +16,18 @@ batch shares all of that among its calls. ``BEGIN`` and ``COMMIT`` travel with o
 (the pool's connections are in autocommit mode), so a lone call costs no more round trips than
 before.
 
+*Solo.* A write may come with a second form of itself, its *solo*: one statement that does the
+same work and sends its own notification (:mod:`~tarefa.store.postgres_sql`'s ``*_ANNOUNCED``
+statements). A call alone in its batch runs its solo on the autocommit connection, which commits it
+durably with no ``BEGIN`` or ``COMMIT`` of its own: one round trip instead of three, when writes are
+few and far between (one caller waiting for each job). It runs so only on a connection with nothing
+to read: a connection the server closed while it sat in the pool has (the server's farewell), and
+then the call runs as a transaction as usual, whose ``BEGIN`` finds the broken connection before
+anything is done (see :class:`StaleConnection`). A solo whose connection breaks under it may
+have committed or not: it runs once more on another connection, so each solo must find out by
+itself that it already ran (an insert meets its own row, an end finds the job ended as it would
+have ended it).
+
 One failing call must neither fail nor undo the others. A batch first runs its calls one after the
 other without savepoints (the common case: none fails). If one fails, the transaction is rolled
 back and the batch runs again with a savepoint around each call, so the failing call is undone
@@ -36,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -81,10 +94,11 @@ def store_error(exc: psycopg.Error) -> StoreError:
 
 
 class _Call(Generic[T]):
-    __slots__ = ("attempts", "future", "queued_at", "write")
+    __slots__ = ("attempts", "future", "queued_at", "solo", "write")
 
-    def __init__(self, write: Write[T], future: asyncio.Future[T]) -> None:
+    def __init__(self, write: Write[T], future: asyncio.Future[T], solo: Write[T] | None = None) -> None:
         self.write = write
+        self.solo = solo
         self.future = future
         self.attempts = 0
         self.queued_at = future.get_loop().time()
@@ -144,12 +158,13 @@ class GroupCommit:
             if isinstance(item, _Call):
                 _settle(item, StoreError("the PostgreSQL store was closed before this change was written"))
 
-    async def write(self, write: Write[T]) -> T:
-        """Run ``write`` in the next batch; returns its value once the batch has committed."""
+    async def write(self, write: Write[T], solo: Write[T] | None = None) -> T:
+        """Run ``write`` in the next batch; returns its value once the batch has committed. With a
+        ``solo`` (module doc), that runs instead if the call is alone in its batch."""
         if self._queue is None:
             raise StoreError("the PostgreSQL store is not open: call 'await store.open()' first")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Call(write, future))
+        self._queue.put_nowait(_Call(write, future, solo))
         return await future  # a cancelled caller cancels the future: its call is skipped if not begun
 
     # -- writers ---------------------------------------------------------------------------------
@@ -221,6 +236,9 @@ class GroupCommit:
         raise AssertionError("unreachable")
 
     async def _run(self, conn: Connection, cursor: Cursor, batch: _Batch, patient: bool) -> None:
+        if batch.alone and not patient and batch.calls[0].solo is not None and _quiet(conn):
+            await batch.run(conn, cursor, careful=False, solo=True)  # committed as it ran
+            return
         await first_statement(conn, cursor, q.BEGIN if patient else q.BEGIN_WITH_LOCK_TIMEOUT)
         if batch.alone:  # no savepoint needed: if the call fails, so does the transaction
             succeeded = await batch.run(conn, cursor, careful=False)
@@ -262,12 +280,13 @@ class _Batch:
         self.retry: list[_Call[Any]] = []  # lock conflicts: to run again alone
         self._outcomes: list[tuple[_Call[Any], bool, Any]] = []
 
-    async def run(self, conn: Connection, cursor: Cursor, *, careful: bool) -> bool:
+    async def run(self, conn: Connection, cursor: Cursor, *, careful: bool, solo: bool = False) -> bool:
         """Run the calls in order. Careful: each in a savepoint, undone alone if it fails; not
-        careful: stop at the first call that fails and return False (the transaction is spoilt)."""
+        careful: stop at the first call that fails and return False (the transaction is spoilt).
+        Solo: the call's solo form, alone, outside any transaction."""
         last = len(self.calls) - 1
         for number, call in enumerate(self.calls):
-            failed = await self._run_call(conn, cursor, call)
+            failed = await self._run_call(conn, cursor, call, solo)
             if failed and not careful:
                 return False
             if careful and (failed or number < last):
@@ -280,12 +299,15 @@ class _Batch:
         self.changes = []
         self._outcomes = []
 
-    async def _run_call(self, conn: Connection, cursor: Cursor, call: _Call[Any]) -> bool:
+    async def _run_call(self, conn: Connection, cursor: Cursor, call: _Call[Any], solo: bool = False) -> bool:
         """Run one call; True if it failed (its work must be undone)."""
         made: list[JobChange] = []
+        write = call.solo if solo and call.solo is not None else call.write
         try:
-            value = await call.write(cursor, made)
+            value = await write(cursor, made)
         except psycopg.Error as exc:
+            if conn.broken and solo:  # it may or may not have run: once more (module doc)
+                raise StaleConnection(str(exc)) from exc
             if conn.broken:
                 raise
             if isinstance(exc, _LOCK_CONFLICTS):
@@ -324,6 +346,17 @@ async def first_statement(conn: Connection, cursor: Cursor, statement: str) -> N
         if conn.broken:
             raise StaleConnection(str(exc)) from exc
         raise
+
+
+def _quiet(conn: Connection) -> bool:
+    """True if the server has sent nothing on this idle connection. A connection the server
+    closed (a restart, ``pg_terminate_backend``) has its farewell or its end to read."""
+    try:
+        poller = select.poll()  # not select.select: it fails on descriptors above 1023
+        poller.register(conn.pgconn.socket, select.POLLIN)
+        return not poller.poll(0)
+    except (OSError, ValueError, psycopg.OperationalError):
+        return False
 
 
 async def replace_broken_connections(pool: AsyncConnectionPool[Connection]) -> None:

@@ -207,6 +207,21 @@ def encode_changes(origin: str, changes: Sequence[JobChange]) -> list[str]:
     return payloads
 
 
+def announcement(origin: str, job: Job) -> dict[str, str] | None:
+    """The payload announcing one changed job, as :func:`encode_changes` writes it, in two parts
+    around the ``seq`` of its event, for a statement that numbers the event and notifies at once
+    (parameters ``announce_before`` and ``announce_after``); None if the job is too large."""
+    wire = orjson.dumps(_job_to_wire(job), option=orjson.OPT_UTC_Z)
+    if len(wire) + 26 > NOTIFY_LIMIT - 100:  # as _encode_entry: '["j",' wire ',' seq (up to 19 digits) ']'
+        return None
+    return {"announce_before": (_payload_head(origin) + b'["j",' + wire + b",").decode(), "announce_after": "]]}"}
+
+
+def announcement_head(origin: str) -> str:
+    """The start of every payload of ``origin``, up to its first entry."""
+    return _payload_head(origin).decode()
+
+
 def _payload_head(origin: str) -> bytes:
     return b'{"o":"%s","c":[' % origin.encode()
 

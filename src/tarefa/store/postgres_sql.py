@@ -12,11 +12,14 @@ from typing import Any
 
 from psycopg import sql
 
+from ..model import FIELDS
 from .base import EventQuery, JobQuery
 from .columns import COLUMNS, MUTABLE_COLUMNS, MUTABLE_NAMES, NAMES
 
 #: Channel of the ``pg_notify`` announcements (one per database).
 CHANNEL = "tarefa_jobs"
+#: Largest entry of one job in a notification built by a statement (as postgres_listen's limit).
+NOTIFY_ENTRY_LIMIT = 6900
 
 #: Key of the advisory lock held while migrating (any constant bigint unlikely to collide).
 MIGRATION_LOCK = 7_342_096_185_113_221_001
@@ -165,6 +168,118 @@ INSERT_JOB = f"""
     INSERT INTO tarefa_job_events ({_EVENT_COLUMNS}) SELECT {_EVENT_OF_JOB} FROM inserted
     RETURNING seq
 """
+
+
+# A lone write runs as one statement in autocommit mode (see postgres_batch): the statement also
+# sends its own notification, built around the event's seq (the payload's two parts are given).
+_ANNOUNCE = f"pg_notify('{CHANNEL}', %(announce_before)s::text || seq || %(announce_after)s::text)::text AS announced"
+
+
+def _seq_and(announce: bool) -> str:
+    return f"SELECT seq, {_ANNOUNCE} FROM event" if announce else "SELECT seq FROM event"
+
+
+def insert_job(*, announce: bool) -> str:
+    """INSERT_JOB, with its notification if ``announce``: the seq of the job's first event, or no
+    row if the insert met a conflict (the full rule then runs: idempotent replay, resource busy)."""
+    return f"""
+    WITH inserted AS (
+        INSERT INTO tarefa_jobs ({_JOB_COLUMNS}, idempotency_key, request_hash, resource_key)
+        VALUES ({_JOB_VALUES}, %(idempotency_key)s, %(request_hash)s, %(resource_key)s)
+        ON CONFLICT DO NOTHING
+        RETURNING {_EVENT_OF_JOB}
+    ),
+        event AS (INSERT INTO tarefa_job_events ({_EVENT_COLUMNS}) SELECT {_EVENT_OF_JOB} FROM inserted RETURNING seq)
+    {_seq_and(announce)}
+"""
+
+
+def update_held_job(*, announce: bool) -> str:
+    """A change of a running job, saved only if its row is still the version the change was made
+    from (``held_*``: same last change, same lease, same holder); else no row, and the full rule
+    runs (load the job locked, apply the transition, save)."""
+    return f"""
+    WITH changed AS (
+        UPDATE tarefa_jobs SET {", ".join(f"{name} = %({name})s" for name in MUTABLE_NAMES)}
+        WHERE id = %(id)s AND state = 'running' AND lease_owner = %(held_by)s
+            AND last_modified = %(held_last_modified)s AND lease_expires = %(held_lease_expires)s
+        RETURNING {_EVENT_OF_JOB}
+    ),
+        event AS (INSERT INTO tarefa_job_events ({_EVENT_COLUMNS}) SELECT {_EVENT_OF_JOB} FROM changed RETURNING seq)
+    {_seq_and(announce)}
+"""
+
+
+def _wire_json(row: str) -> str:
+    """The job of ``row`` as the JSON of a notification (what ``_job_to_wire`` makes of it)."""
+    values: list[str] = []
+    for field in FIELDS:
+        if field.kind == "error":
+            value = (
+                f"CASE WHEN {row}.error_code IS NULL THEN NULL"
+                f" ELSE json_build_array({row}.error_code, {row}.error_message) END"
+            )
+        else:
+            value = f"{row}.{field.name}"
+        values.append(f"'{field.name}', {value}")
+    return f"json_build_object({', '.join(values)})::text"
+
+
+def claim_jobs(*, announce: bool) -> str:
+    """Claim up to ``limit`` queued jobs in one statement: :func:`tarefa.model.start` written in
+    SQL (tests hold the two to the same result), with each job's event. Always one row at least:
+    ``picked`` counts the jobs locked, the other columns are NULL when none was claimed.
+
+    With ``announce`` (the statement is its own transaction), each claimed job is notified too
+    (``["r", id]`` if too large to send); and if a job picked wants a callback for this event
+    (``events: all``), none is claimed (``picked`` > 0 then says so): its outbox row must be
+    written in the same transaction, which a full claim does."""
+    entry = f"""'["j",' || {_wire_json("started")} || ',' || event.seq || ']'"""
+    notify = f"""CASE WHEN claimed.id IS NOT NULL THEN pg_notify('{CHANNEL}', %(announce_head)s::text || CASE
+            WHEN octet_length(claimed.entry) <= {NOTIFY_ENTRY_LIMIT} THEN claimed.entry
+            ELSE '["r",' || to_json(claimed.id)::text || ']' END || ']}}')::text END AS announced"""
+    refuse = "AND NOT EXISTS (SELECT 1 FROM picked WHERE picked.calls)" if announce else ""
+    return f"""
+    WITH picked AS (
+        SELECT id, coalesce(callback->>'events' = 'all', false) AS calls FROM tarefa_jobs
+        WHERE state = 'queued' AND operation = ANY(%(operations)s)
+        ORDER BY create_time, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ),
+        started AS (
+        UPDATE tarefa_jobs AS job SET
+            state = 'running',
+            message = 'Running',
+            start_time = greatest(%(now)s, job.last_modified + interval '1 microsecond'),
+            last_modified = greatest(%(now)s, job.last_modified + interval '1 microsecond'),
+            attempts = job.attempts + 1,
+            lease_owner = %(worker)s,
+            lease_expires = %(lease_expires)s
+        FROM picked WHERE job.id = picked.id {refuse}
+        RETURNING job.*
+    ),
+        event AS (
+        INSERT INTO tarefa_job_events ({_EVENT_COLUMNS})
+        SELECT {_EVENT_OF_JOB} FROM started ORDER BY create_time, id
+        RETURNING job_id, seq
+    ),
+        claimed AS (
+        SELECT started.*, event.seq, {entry if announce else "NULL"} AS entry
+        FROM started JOIN event ON event.job_id = started.id
+    )
+    SELECT claimed.*, (SELECT count(*) FROM picked) AS picked{", " + notify if announce else ""}
+    FROM (SELECT 1) AS one LEFT JOIN claimed ON true
+    ORDER BY claimed.create_time, claimed.id
+"""
+
+
+INSERT_JOB_ANNOUNCED = insert_job(announce=True)
+INSERT_JOB_QUIET = insert_job(announce=False)
+UPDATE_HELD_JOB_ANNOUNCED = update_held_job(announce=True)
+UPDATE_HELD_JOB_QUIET = update_held_job(announce=False)
+CLAIM_JOBS_ANNOUNCED = claim_jobs(announce=True)
+CLAIM_JOBS_QUIET = claim_jobs(announce=False)
 
 
 def list_jobs(query: JobQuery) -> tuple[sql.Composed, dict[str, Any]]:

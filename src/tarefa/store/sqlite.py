@@ -121,10 +121,16 @@ class Steps:
         self.conn = conn
 
     def do(self, step: steps.Step) -> Any:
-        match step:
+        match step:  # the steps of every job first: a case is an isinstance check
+            case steps.InsertJob(job, resource_key, idempotency):
+                idem = (idempotency.key, idempotency.request_hash) if idempotency else (None, None)
+                cursor = self.conn.execute(sql.INSERT_JOB, (*CODEC.encode(job), resource_key, *idem))
+                return self._event(job) if cursor.rowcount > 0 else None
+            case steps.SaveJobs(jobs):
+                return [self._save(job) for job in jobs]
             case steps.LoadJob(job_id, owner):
-                job = self._one(sql.SELECT_JOB, (job_id,))
-                return job if job is not None and (owner is None or job.owner == owner) else None
+                found = self._one(sql.SELECT_JOB, (job_id,))
+                return found if found is not None and (owner is None or found.owner == owner) else None
             case steps.LoadQueued(operations, limit):
                 return self._jobs(sql.SELECT_QUEUED, (_ids(operations), limit))
             case steps.LoadHeld(worker, job_ids):
@@ -148,12 +154,6 @@ class Steps:
                 rows = [(kind, key, json_text(data)) for kind, key, data in documents]
                 self.conn.executemany(sql.PUT_DOCUMENT, rows)
                 return True
-            case steps.InsertJob(job, resource_key, idempotency):
-                idem = (idempotency.key, idempotency.request_hash) if idempotency else (None, None)
-                cursor = self.conn.execute(sql.INSERT_JOB, (*CODEC.encode(job), resource_key, *idem))
-                return self._event(job) if cursor.rowcount > 0 else None
-            case steps.SaveJobs(jobs):
-                return [self._save(job) for job in jobs]
             case steps.DeleteJob(job_id):
                 self.conn.execute(sql.DELETE_JOB, (job_id,))
                 self._forget_histories([job_id])

@@ -4,8 +4,10 @@ Writes go through one writer thread that commits in groups (see :mod:`.sqlite_co
 reads use a second connection on its own thread, so a slow fsync never delays a poll. A job read
 by its id (every standard and long poll) is one indexed row: it is read on the event loop itself,
 on a third connection that never waits for a lock (WAL readers do not wait for the writer; in the
-rare case SQLite says busy, the read goes to the reader thread), which saves two thread switches. The file
-is locked for the life of the store: a second process opening it gets a clear error instead of
+rare case SQLite says busy, the read goes to the reader thread), which saves two thread switches. A
+fourth connection, on a thread of its own, copies the WAL back into the database file every few
+commits (:class:`~.sqlite_connection.Checkpointer`), so that no commit waits for that. The file is
+locked for the life of the store: a second process opening it gets a clear error instead of
 "recovering" jobs that the first one is running. The job rules are :class:`.JobStore`'s; this
 module only says how SQLite does each step.
 """

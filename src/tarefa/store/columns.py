@@ -58,6 +58,7 @@ def _identity(value: Any) -> Any:
 
 
 _STATES = {state.value: state for state in JobState}
+_MAX_PLANS = 8
 
 
 def _getter(name: str, encode: Encode | None) -> Encode:
@@ -102,7 +103,9 @@ class Codec:
         """The job's values for ``columns``, in order."""
         known = self._plans.get(id(columns))  # by identity: the column lists are module constants
         if known is None or known[0] is not columns:
-            known = self._plans[id(columns)] = (columns, tuple(self._encoder(column) for column in columns))
+            known = (columns, tuple(self._encoder(column) for column in columns))
+            if len(self._plans) < _MAX_PLANS:  # another list each call would be worked out each call
+                self._plans[id(columns)] = known
         return [encode(job) for encode in known[1]]
 
     def _encoder(self, column: Column) -> Encode:

@@ -5,7 +5,11 @@ up), and a write alone in its transaction that fails leaves nothing behind."""
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +100,14 @@ async def test_a_failing_write_alone_in_its_transaction_keeps_nothing(tmp_path: 
         assert await store.get_document("k", "b") == {"ok": True}
     finally:
         await store.close()
+
+
+def test_the_store_latency_tool_measures_jobs() -> None:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.store_latency", "--jobs", "40", "--think-ms", "0"],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"synchronous=full: 40 jobs, two commits each: p50 \d+ µs, p90 \d+ µs, p99 \d+ µs; "
+                        r"\d+ µs CPU per job \(every thread\)\n", done.stdout), done.stdout  # fmt: skip

@@ -243,7 +243,8 @@ class Runner:
 
     def _finished(self, job_id: str) -> None:
         self._running.pop(job_id, None)
-        self._wake.set()
+        if self._pending or not self._accepting:  # a free slot matters only if jobs may be queued
+            self._wake.set()
 
     # -- running ------------------------------------------------------------------------------
 

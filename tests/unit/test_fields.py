@@ -83,3 +83,13 @@ def test_the_clients_job_reads_every_wire_field() -> None:
                 expected = None  # sent only on success
             assert value == expected, field.name
         assert parsed.self_href == f"/api/jobs/{job.id}"
+
+
+def test_the_codec_encodes_any_list_of_columns_and_keeps_a_few_plans() -> None:
+    codec = columns.Codec(encoders={"json": lambda value: f"json:{value}"}, decoders={})
+    job = new_job("op", now=utcnow(), input=[1])
+    full = codec.encode(job)
+    assert len(full) == len(columns.COLUMNS) and "json:[1]" in full
+    for _ in range(20):  # a new list each time: encoded alike, not remembered beyond a few
+        assert codec.encode(job, list(columns.MUTABLE_COLUMNS)) == codec.encode(job, columns.MUTABLE_COLUMNS)
+    assert len(codec._plans) <= 8

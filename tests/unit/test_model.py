@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -178,3 +179,35 @@ def test_job_ids_never_begin_with_a_dash() -> None:
     ids = [new_job_id() for _ in range(5000)]
     assert not [job_id for job_id in ids if job_id.startswith("-")]
     assert len(set(ids)) == len(ids) and {len(job_id) for job_id in ids} == {22}
+
+
+def test_format_timestamp_of_another_zone_and_of_early_years() -> None:
+    plus_two = datetime(2026, 11, 28, 16, 0, 0, 5, tzinfo=timezone(timedelta(hours=2)))
+    assert model.format_timestamp(plus_two) == "2026-11-28T14:00:00.000005Z"
+    early = datetime(7, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert model.format_timestamp(early) == "0007-01-02T03:04:05.000000Z"
+    assert model.parse_timestamp(model.format_timestamp(early)) == early
+
+
+def test_evolve_is_replace_and_every_transition_keeps_the_fields_it_does_not_change() -> None:
+    job = dataclasses.replace(
+        model.new_job("op", now=T0, input={"x": 1}, owner="alice", resource="/api/r", max_attempts=3,
+                      callback={"url": "https://example.com/h", "events": "all"}),
+        progress=7, result=None,
+    )  # fmt: skip
+    for name in [f.name for f in dataclasses.fields(model.Job)]:
+        changed = {name: "other"}
+        assert model.evolve(job, **changed) == dataclasses.replace(job, **changed)
+    assert model.evolve(job) == job
+    fixed = ("id", "operation", "create_time", "resource", "owner", "input", "max_attempts", "callback")
+    started = model.start(job, now=T0, worker="w", lease_expires=LATER)
+    ended = [
+        model.succeed(started, now=LATER, result={"ok": 1}),
+        model.fail(started, now=LATER, error=JobError("e", "m")),
+        model.report(started, now=LATER, message="m", progress=50),
+        model.request_cancel(started, now=LATER),
+        model.lose(started, now=LATER),
+    ]
+    for changed in (started, *ended):
+        assert {name: getattr(changed, name) for name in fixed} == {name: getattr(job, name) for name in fixed}
+    assert ended[0].start_time == started.start_time and ended[0].attempts == started.attempts == 1

@@ -196,8 +196,9 @@ async def _async_call(request: Request) -> JobStarter:
         raise RuntimeError("AsyncCall used in an app where no Tarefa is mounted: call tarefa.mount(app)")
     viewer = await viewer_of(request)
     return_timeout = return_timeout_from(request)
-    idempotency_key = idempotency_key_from(request)
-    callback = await callback_of(request, engine.callback_settings)
+    sent = {name.lower() for name, _ in request.scope["headers"]}  # most calls send none of the three
+    idempotency_key = idempotency_key_from(request) if _IDEMPOTENCY_NAME in sent else None
+    callback = await callback_of(request, engine.callback_settings) if not _CALLBACK_NAMES.isdisjoint(sent) else None
     if idempotency_key is None:
         return JobStarter(engine, viewer, return_timeout, None, callback)
     idempotency = await _fingerprint(request, idempotency_key)
@@ -210,6 +211,8 @@ async def _async_call(request: Request) -> JobStarter:
     return JobStarter(engine, viewer, return_timeout, idempotency, callback)
 
 
+_IDEMPOTENCY_NAME = IDEMPOTENCY_KEY.lower().encode()
+_CALLBACK_NAMES = frozenset(name.lower().encode() for name in (CALLBACK_URL, CALLBACK_EVENTS))
 MAX_RETURN_TIMEOUT = 120
 _RETURN_TIMEOUT_DOC = "Wait up to this many seconds for the job to end (200 if it does)"
 _IDEMPOTENCY_KEY_DOC = (

@@ -4,8 +4,10 @@ Writes go through one writer thread that commits in groups (see :mod:`.sqlite_co
 reads use a second connection on its own thread, so a slow fsync never delays a poll. A job read
 by its id (every standard and long poll) is one indexed row: it is read on the event loop itself,
 on a third connection that never waits for a lock (WAL readers do not wait for the writer; in the
-rare case SQLite says busy, the read goes to the reader thread), which saves two thread switches. The file
-is locked for the life of the store: a second process opening it gets a clear error instead of
+rare case SQLite says busy, the read goes to the reader thread), which saves two thread switches. A
+fourth connection, on a thread of its own, copies the WAL back into the database file every few
+commits (:class:`~.sqlite_connection.Checkpointer`), so that no commit waits for that. The file is
+locked for the life of the store: a second process opening it gets a clear error instead of
 "recovering" jobs that the first one is running. The job rules are :class:`.JobStore`'s; this
 module only says how SQLite does each step.
 """
@@ -24,7 +26,7 @@ from typing import Any, TypeVar
 import orjson
 
 from .. import model
-from ..model import Job, JobError, JobEvent, JobState, event_of
+from ..model import Job, JobError, JobEvent, JobState
 from . import sqlite_sql as sql
 from . import steps
 from .base import EventQuery, JobChange, JobQuery, SchemaTooNew, StoreError
@@ -32,13 +34,16 @@ from .columns import MUTABLE_COLUMNS, Codec, json_text
 from .documents import Documents
 from .jobstore import JobStore
 from .outbox import CallbackAttempt, CallbackDelivery
-from .sqlite_connection import ConnectionThread, Work, _as_store_error
-from .steps import Program, numbered, run
+from .sqlite_connection import Checkpointer, ConnectionThread, Work, _as_store_error
+from .steps import Program, run
 
 T = TypeVar("T")
 SYNCHRONOUS_MODES = ("full", "normal")
-#: WAL pages written before a checkpoint (SQLite's default is 1000 pages, ~4 MB).
-WAL_CHECKPOINT_PAGES = 100
+#: WAL pages after which a commit of the writer checkpoints itself (~480 KB). The checkpointer
+#: (:mod:`.sqlite_connection`) has copied all but the last few frames by then, off the commit
+#: path; this last step lets the WAL start over while calls follow each other too closely for the
+#: checkpointer to finish between two of them.
+WAL_CHECKPOINT_PAGES = 120
 #: The size the WAL file is cut back to after a checkpoint, in bytes.
 WAL_SIZE_LIMIT = 512 * 1024
 NO_CHANGES: tuple[JobChange, ...] = ()
@@ -118,10 +123,16 @@ class Steps:
         self.conn = conn
 
     def do(self, step: steps.Step) -> Any:
-        match step:
+        match step:  # the steps of every job first: a case is an isinstance check
+            case steps.InsertJob(job, resource_key, idempotency):
+                idem = (idempotency.key, idempotency.request_hash) if idempotency else (None, None)
+                cursor = self.conn.execute(sql.INSERT_JOB, (*CODEC.encode(job), resource_key, *idem))
+                return self._event(job) if cursor.rowcount > 0 else None
+            case steps.SaveJobs(jobs):
+                return [self._save(job) for job in jobs]
             case steps.LoadJob(job_id, owner):
-                job = self._one(sql.SELECT_JOB, (job_id,))
-                return job if job is not None and (owner is None or job.owner == owner) else None
+                found = self._one(sql.SELECT_JOB, (job_id,))
+                return found if found is not None and (owner is None or found.owner == owner) else None
             case steps.LoadQueued(operations, limit):
                 return self._jobs(sql.SELECT_QUEUED, (_ids(operations), limit))
             case steps.LoadHeld(worker, job_ids):
@@ -145,12 +156,6 @@ class Steps:
                 rows = [(kind, key, json_text(data)) for kind, key, data in documents]
                 self.conn.executemany(sql.PUT_DOCUMENT, rows)
                 return True
-            case steps.InsertJob(job, resource_key, idempotency):
-                idem = (idempotency.key, idempotency.request_hash) if idempotency else (None, None)
-                cursor = self.conn.execute(sql.INSERT_JOB, (*CODEC.encode(job), resource_key, *idem))
-                return self._event(job) if cursor.rowcount > 0 else None
-            case steps.SaveJobs(jobs):
-                return [self._save(job) for job in jobs]
             case steps.DeleteJob(job_id):
                 self.conn.execute(sql.DELETE_JOB, (job_id,))
                 self._forget_histories([job_id])
@@ -226,15 +231,19 @@ class Steps:
         return self._event(job)
 
     def _event(self, job: Job) -> JobEvent:
-        event = event_of(job)
-        error_code, error_message = (event.error.code, event.error.message) if event.error else (None, None)
+        """Insert the event that records ``job`` as it is now; the event, numbered."""
+        error = job.error
         cursor = self.conn.execute(
             sql.INSERT_EVENT,
-            (job.id, to_us(event.time), event.state.value, event.message, event.progress, error_code, error_message,
-             event.operation, event.owner),
+            (job.id, model.to_microseconds(job.last_modified), job.state.value, job.message, job.progress,
+             None if error is None else error.code, None if error is None else error.message, job.operation,
+             job.owner),
         )  # fmt: skip
-        assert cursor.lastrowid is not None
-        return numbered([event], [cursor.lastrowid])[0]
+        seq = cursor.lastrowid
+        assert seq is not None
+        return JobEvent(
+            seq, job.id, job.last_modified, job.state, job.message, job.progress, error, job.operation, job.owner
+        )
 
 
 class SQLiteStore(JobStore, Documents):
@@ -252,6 +261,7 @@ class SQLiteStore(JobStore, Documents):
         self._writer: ConnectionThread | None = None
         self._reader: ConnectionThread | None = None
         self._inline: sqlite3.Connection | None = None  # the event loop's own, for reads by id
+        self._checkpointer: Checkpointer | None = None
         self._lock_fd: int | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -263,14 +273,18 @@ class SQLiteStore(JobStore, Documents):
             raise StoreError(f"cannot open the SQLite store {self.path}: directory {self.path.parent} does not exist")
         self._lock_file()
         loop = asyncio.get_running_loop()
+        checkpointer = Checkpointer(self._connect, name="tarefa-sqlite-checkpoint")
         writer = ConnectionThread(
-            self._connect_writer, loop, self._emit, transactional=True, name="tarefa-sqlite-writer"
-        )
+            self._connect_writer, loop, self._emit, transactional=True, name="tarefa-sqlite-writer",
+            checkpointer=checkpointer,
+        )  # fmt: skip
         try:
             await writer.started()
         except BaseException:
             self._unlock_file()
             raise
+        checkpointer.start()
+        self._checkpointer = checkpointer
         reader = ConnectionThread(
             self._connect_reader, loop, self._emit, transactional=False, name="tarefa-sqlite-reader"
         )
@@ -291,6 +305,9 @@ class SQLiteStore(JobStore, Documents):
         for thread in (writer, reader):
             if thread is not None:
                 await thread.stop()
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            await checkpointer.stop()
         self._unlock_file()
 
     @property
@@ -319,7 +336,8 @@ class SQLiteStore(JobStore, Documents):
         conn.execute(f"PRAGMA busy_timeout = {busy_timeout}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        # Checkpoint every ~400 KB of WAL and cut the file back after, so it stays small.
+        # The checkpointer copies the WAL back; past ~480 KB a commit checkpoints the rest. The
+        # file is cut back after each checkpoint, so it stays small.
         conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
         conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         return conn

@@ -5,6 +5,14 @@ future. The writer thread takes every function waiting in its queue and runs the
 transaction (group commit): under load, one fsync makes many jobs durable at once. Each
 function runs inside its own savepoint, so one failing call does not undo the others.
 Results and the committed changes go back to the loop in a single callback per batch.
+
+The WAL is copied back into the database file (a checkpoint: page writes and an fsync of the
+database file) by a :class:`Checkpointer` on a connection and thread of its own, which the writer
+asks for every :data:`CHECKPOINT_CALLS` committed calls: a commit no longer waits while SQLite
+copies a hundred pages and syncs the database file inside it. SQLite's own checkpoint on the
+writer's commit stays, as the bound of the WAL: it copies only the frames the checkpointer has
+not, which lets the WAL start over while calls come too close together for the checkpointer to
+finish between two of them.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ log = logging.getLogger("tarefa.store.sqlite")
 
 T = TypeVar("T")
 MAX_BATCH = 512
+#: Committed calls after which the writer asks the checkpointer for a checkpoint.
+CHECKPOINT_CALLS = 8
 
 #: A function run on the connection's thread: returns its value and the changes it made.
 Work = Callable[[sqlite3.Connection], tuple[T, Sequence[JobChange]]]
@@ -50,9 +60,12 @@ class ConnectionThread(threading.Thread):
         *,
         transactional: bool,
         name: str,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         super().__init__(name=name, daemon=True)
         self._connect = connect
+        self._checkpointer = checkpointer
+        self._uncheckpointed = 0  # calls committed since the last checkpoint asked for
         self._loop = loop
         self._deliver_changes = deliver_changes
         self._transactional = transactional
@@ -100,6 +113,11 @@ class ConnectionThread(threading.Thread):
         if calls:
             outcomes, changes = self._execute(conn, calls)
             self._loop.call_soon_threadsafe(self._finish, calls, outcomes, changes)
+            if self._checkpointer is not None:
+                self._uncheckpointed += len(calls)
+                if self._uncheckpointed >= CHECKPOINT_CALLS:
+                    self._uncheckpointed = 0
+                    self._checkpointer.request()
         return keep_going
 
     def _execute(
@@ -142,12 +160,65 @@ class ConnectionThread(threading.Thread):
                     _set_exception(item.future, value)
 
 
+class Checkpointer(threading.Thread):
+    """Runs ``PRAGMA wal_checkpoint(PASSIVE)`` on its own connection when asked (module doc).
+
+    A passive checkpoint never blocks the writer nor the readers: it copies the frames it can,
+    and once every frame is copied the writer's next transaction starts the WAL over (cut back
+    to the store's ``journal_size_limit``). It waits for a request (nothing runs while idle);
+    requests made while a checkpoint runs make one more checkpoint, not one each."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], *, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._connect = connect
+        self._due = threading.Event()
+        self._stopping = False
+        #: Checkpoints run so far, and the last one's (busy, WAL frames, frames copied).
+        self.checkpoints = 0
+        self.last: tuple[int, int, int] | None = None
+
+    def request(self) -> None:
+        """Ask for a checkpoint (soon, on this thread); returns at once."""
+        self._due.set()
+
+    async def stop(self) -> None:
+        """End the thread (a checkpoint under way finishes first) and close its connection."""
+        self._stopping = True
+        self._due.set()
+        await asyncio.to_thread(self.join)
+
+    def run(self) -> None:
+        try:
+            conn = self._connect()
+        except Exception as exc:  # SQLite's own checkpoints on the writer's commits remain
+            log.error("cannot open the SQLite checkpoint connection: %s", exc)
+            return
+        try:
+            while True:
+                self._due.wait()
+                self._due.clear()
+                if self._stopping:
+                    return
+                try:
+                    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self.last = (int(row[0]), int(row[1]), int(row[2]))
+                except sqlite3.Error as exc:  # a full disk, say: the next request tries again
+                    log.warning("SQLite checkpoint failed: %s", exc)
+                self.checkpoints += 1
+        finally:
+            conn.close()
+
+
 def _transaction(conn: sqlite3.Connection, calls: list[_Call[Any]]) -> tuple[list[tuple[bool, Any]], list[JobChange]]:
     """The calls in one transaction, each in a savepoint of its own (a failing call is undone
     alone); raises :class:`sqlite3.Error` if the transaction itself fails."""
     outcomes: list[tuple[bool, Any]] = []
     changes: list[JobChange] = []
     conn.execute("BEGIN IMMEDIATE")
+    if len(calls) == 1:  # alone in its transaction: no savepoint, a failure rolls it all back
+        outcome = _run(conn, calls[0].work, changes)
+        conn.execute("COMMIT" if outcome[0] else "ROLLBACK")
+        return [outcome], changes
     for item in calls:
         conn.execute("SAVEPOINT call")
         outcome = _run(conn, item.work, changes)
@@ -164,7 +235,8 @@ def _run(conn: sqlite3.Connection, work: Work[Any], changes: list[JobChange]) ->
         value, made = work(conn)
     except Exception as exc:
         return False, _as_store_error(exc)
-    changes.extend(made)
+    if made:
+        changes.extend(made)
     return True, value
 
 

@@ -1,0 +1,113 @@
+"""The embedded store's own machinery, on a real SQLite file: the checkpointer keeps the WAL short
+off the commit path (and SQLite's own checkpoint still bounds it when the checkpointer cannot keep
+up), and a write alone in its transaction that fails leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tarefa.model import JobState, new_job, utcnow
+from tarefa.store import Outcome, StoreError
+from tarefa.store.base import Claim
+from tarefa.store.sqlite import WAL_CHECKPOINT_PAGES, WAL_SIZE_LIMIT, SQLiteStore
+
+pytestmark = pytest.mark.anyio
+
+
+async def _job_through(store: SQLiteStore, n: int) -> None:
+    job = new_job("thing.make", now=utcnow(), input={"n": n, "pad": "x" * 500})
+    created = await store.create_job(job, claim=Claim("w1", 30.0))
+    assert created.claimed is not None
+    assert await store.finish_job(job.id, "w1", Outcome(JobState.SUCCESS, result={"n": n})) is not None
+
+
+def _wal_frames(path: Path) -> int:
+    """Frames in the WAL now, as a checkpoint of another connection sees them (0: none)."""
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+    finally:
+        conn.close()
+
+
+async def test_the_checkpointer_copies_the_wal_back_and_the_wal_starts_over(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "t.db")
+    await store.open()
+    try:
+        for n in range(300):
+            await _job_through(store, n)
+            if n % 50 == 49:
+                await asyncio.sleep(0.05)  # idle moments, as between bursts of calls
+        checkpointer = store._checkpointer
+        assert checkpointer is not None
+        assert checkpointer.checkpoints >= 300 * 2 // 8 - 2  # asked every 8 committed calls
+        await asyncio.sleep(0.05)
+        wal = tmp_path / "t.db-wal"
+        assert wal.stat().st_size <= WAL_SIZE_LIMIT + 128 * 1024, wal.stat().st_size
+        # The last checkpoint copied every frame (nothing was busy), and the database file
+        # holds the jobs without the WAL's help.
+        assert checkpointer.last is not None and checkpointer.last[1] == checkpointer.last[2]
+    finally:
+        await store.close()
+    conn = sqlite3.connect(tmp_path / "t.db")
+    assert conn.execute("SELECT count(*) FROM jobs WHERE state = 'success'").fetchone()[0] == 300
+    conn.close()
+
+
+async def test_the_wal_stays_bounded_under_a_load_with_no_pause(tmp_path: Path) -> None:
+    """32 callers at once leave the writer no idle moment; the WAL still stops growing."""
+    store = SQLiteStore(tmp_path / "t.db")
+    await store.open()
+    try:
+
+        async def caller(first: int) -> None:
+            for n in range(first, first + 40):
+                await _job_through(store, n)
+
+        await asyncio.gather(*(caller(i * 1000) for i in range(32)))
+        frames = _wal_frames(tmp_path / "t.db")
+        assert frames <= WAL_CHECKPOINT_PAGES + 400, frames  # and a batch's worth over
+        assert (tmp_path / "t.db-wal").stat().st_size <= 4 * WAL_SIZE_LIMIT
+    finally:
+        await store.close()
+
+
+async def test_a_failing_write_alone_in_its_transaction_keeps_nothing(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "t.db")
+    await store.open()
+    try:
+        changes: list[object] = []
+        store.add_listener(changes.extend)
+
+        def work(conn: sqlite3.Connection) -> tuple[None, list[object]]:
+            conn.execute("INSERT INTO resources (kind, key, data) VALUES ('k', 'a', '{}')")
+            conn.execute("INSERT INTO no_such_table VALUES (1)")
+            raise AssertionError("not reached")
+
+        with pytest.raises(StoreError):
+            await store._call(work)  # type: ignore[arg-type]
+        assert await store.get_document("k", "a") is None
+        assert changes == []
+        assert await store.put_document("k", "b", {"ok": True})  # the writer goes on
+        assert await store.get_document("k", "b") == {"ok": True}
+    finally:
+        await store.close()
+
+
+def test_the_store_latency_tool_measures_jobs() -> None:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.store_latency", "--jobs", "40", "--think-ms", "0"],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"synchronous=full: 40 jobs, two commits each: p50 \d+ µs, p90 \d+ µs, p99 \d+ µs; "
+                        r"\d+ µs CPU per job \(every thread\)\n", done.stdout), done.stdout  # fmt: skip

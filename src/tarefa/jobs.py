@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from . import model
+from .held_answers import HoldState
 from .model import Job, JobEvent
 from .operations import OperationRegistry, dump_input
 from .store import Created, Idempotency, JobQuery, JobStore, Precondition, ResourceBusy
@@ -95,12 +96,14 @@ class Jobs:
         idempotency: Idempotency | None = None,
         precondition: Precondition | None = None,
         callback: dict[str, str] | None = None,
+        hold_answer: bool = False,
     ) -> Created:
         """Store a queued job of ``operation`` for ``viewer``, durably (the core of every
         asynchronous call). :class:`~tarefa.store.ResourceBusy` names the holding job only when
         the viewer may see it (``job_id`` is empty otherwise). A ``precondition`` is checked on
         an application document in the same transaction as the insert (what it raises is raised).
-        ``callback``: the job's callback subscription (:func:`tarefa.callbacks.subscription`)."""
+        ``callback``: the job's callback subscription (:func:`tarefa.callbacks.subscription`).
+        ``hold_answer``: the caller will wait for the end with :meth:`wait_for_answer`."""
         declared = self._operations.get(operation)
         if declared is None:
             raise UnknownOperation(f"unknown operation {operation!r}: declare it with @tarefa.operation({operation!r})")
@@ -124,6 +127,9 @@ class Jobs:
         runner = self.runner
         claim = runner.reserve(operation) if runner is not None else None
         claimed: Job | None = None
+        # registered before the insert: the job may run and end here before the insert returns
+        hold = runner.answer_holds.hold(job.id) if hold_answer and idempotency and runner is not None else None
+        created: Created | None = None
         try:
             created = await self.store.create_job(
                 job, idempotency=idempotency, resource_key=resource_key, precondition=precondition, claim=claim
@@ -134,6 +140,8 @@ class Jobs:
             holder = await self.store.get_job(exc.job_id, viewer.owner_filter) if exc.job_id else None
             raise ResourceBusy(exc.resource_key, holder.id if holder else "") from None
         finally:
+            if hold is not None and (created is None or not created.created):
+                runner.answer_holds.release(hold)  # type: ignore[union-attr]
             if runner is not None and claim is not None:
                 runner.claimed(claimed)
 
@@ -141,6 +149,34 @@ class Jobs:
         """The job ``viewer`` first started with this key, as it is now; None for a new key.
         :class:`~tarefa.store.IdempotencyMismatch` if the key came with another request."""
         return await self.store.replay_idempotent(viewer.name, idempotency)
+
+    async def wait_for_answer(self, viewer: Viewer, job: Job, timeout: float, *, idempotent: bool) -> tuple[Job, int]:
+        """``return_timeout``: the job once it has ended and 200, or as it is after ``timeout``
+        seconds and 202. An ``idempotent`` call's 200 is durable before it is returned: recorded
+        with the job's end when the end is stored here (:mod:`tarefa.held_answers`), else by a
+        write of its own."""
+        holds = self.runner.answer_holds if self.runner is not None and idempotent else None
+        hold = holds.get(job.id) if holds is not None else None
+        try:
+            ended = await self.wait_until_terminal(viewer, job, timeout)
+            if hold is not None and hold.state is HoldState.TAKEN:
+                # an end that records 200 is being stored: it decides
+                if await hold.attempt_settled() is HoldState.DONE:
+                    ended = await self._current(viewer, job.id) or ended
+            if not ended.is_terminal:
+                if hold is not None:
+                    unknown, hold.state = hold.state is HoldState.UNKNOWN, HoldState.GONE
+                    if unknown:  # an attempt that may have recorded 200 landed or not: say 202
+                        await self.record_answer(ended, 202)
+                return ended, 202
+            if idempotent and (hold is None or hold.state is not HoldState.DONE):
+                await self.record_answer(ended, 200)
+            return ended, 200
+        finally:
+            if hold is not None and holds is not None:
+                if hold.state is not HoldState.TAKEN:
+                    hold.state = HoldState.GONE
+                holds.release(hold)
 
     async def record_answer(self, job: Job, status: int) -> None:
         """Remember the status of a job's first answer, for replays of its idempotency key."""

@@ -22,6 +22,7 @@ import orjson
 from pydantic import BaseModel
 
 from .backoff import Backoff
+from .held_answers import AnswerHold, AnswerHolds, HoldState
 from .logs import job_id_var
 from .metrics import Metrics
 from .model import Job, JobState
@@ -67,6 +68,11 @@ def _to_builtin(value: Any) -> Any:
     raise TypeError(f"an operation returned {type(value).__name__}, which is not JSON")
 
 
+def _settle(hold: AnswerHold | None, state: HoldState) -> None:
+    if hold is not None:
+        hold.settle(state)
+
+
 class Runner:
     """Runs the jobs of ``registry``'s operations found in ``store``."""
 
@@ -90,6 +96,7 @@ class Runner:
         self.poll_seconds = poll_seconds or (30.0 if store.exclusive else 1.0)
         self.worker_id = worker_id or new_worker_id()
         self.metrics = metrics
+        self.answer_holds = AnswerHolds()  # calls holding their answer for a job's end here
         self._running: dict[str, tuple[asyncio.Task[None], JobContext]] = {}
         self._reserved = 0  # slots promised to claims made with a new job's insert (reserve)
         self._pending = True  # queued jobs may be waiting for this runner: the claim loop claims
@@ -293,15 +300,23 @@ class Runner:
         """
         attempt = 0
         while True:
+            # a call holding its answer for this end (return_timeout with an Idempotency-Key): the
+            # end records its 200 in the same transaction (tarefa.held_answers)
+            hold = self.answer_holds.take(job.id)
             try:
-                finished = await self.store.finish_job(job.id, self.worker_id, outcome)
+                if hold is None:
+                    finished = await self.store.finish_job(job.id, self.worker_id, outcome)
+                else:
+                    finished = await self.store.finish_job(job.id, self.worker_id, outcome, answer_status=200)
             except StoreUnavailable as exc:
+                _settle(hold, HoldState.UNKNOWN)  # it may have landed all the same
                 if attempt % 30 == 0:
                     log.warning("cannot store the end of job %s yet; keeping it and retrying: %s", job.id, exc)
                 await asyncio.sleep(OUTCOME_BACKOFF.delay(attempt, random.random))
                 attempt += 1
                 continue
             except StoreError as exc:
+                _settle(hold, HoldState.UNKNOWN)
                 log.error("the store refused the outcome of job %s: %s", job.id, exc)
                 if outcome.error_code == "internal_error":
                     return  # not even a plain failure can be stored: the recovery scan will settle it
@@ -309,6 +324,13 @@ class Runner:
                     JobState.FAILURE, error_code="internal_error", error_message=_UNSTORABLE.format(job.id)
                 )
                 continue
+            except BaseException:
+                _settle(hold, HoldState.UNKNOWN)
+                raise
+            if finished is not None and finished.is_terminal:
+                _settle(hold, HoldState.DONE)
+            else:  # not held any more, or requeued: nothing recorded now (an earlier attempt may have)
+                _settle(hold, HoldState.UNKNOWN if attempt else HoldState.WAITING)
             if finished is not None and self.metrics is not None:
                 self.metrics.job_ended(finished)
             if finished is None and attempt:

@@ -116,6 +116,23 @@ async def test_idempotency_replay_returns_the_first_job_as_it_is_now(store: Stor
     assert [job.id for job in await store.list_jobs(JobQuery())] == [first.job.id]
 
 
+async def test_an_end_records_the_first_answer_status_in_its_own_transaction(store: Store) -> None:
+    key = Idempotency("key-held", "hash-a")
+    first = await store.create_job(make_job(), idempotency=key)
+    claimed = await store.claim_jobs("w1", operations=["thing.make"], limit=1, lease_seconds=LEASE)
+    done = await store.finish_job(claimed[0].id, "w1", Outcome(JobState.SUCCESS, result={}), answer_status=200)
+    assert done is not None and done.state is JobState.SUCCESS
+    assert await store.replay_idempotent("alice", key) == Created(done, created=False, answer_status=200)
+    # an end by a worker that no longer holds the job records nothing
+    other = await store.create_job(make_job(), idempotency=Idempotency("key-lost", "hash-a"))
+    await store.claim_jobs("w1", operations=["thing.make"], limit=1, lease_seconds=LEASE)
+    lost = await store.finish_job(other.job.id, "w2", Outcome(JobState.SUCCESS, result={}), answer_status=200)
+    assert lost is None
+    replay = await store.replay_idempotent("alice", Idempotency("key-lost", "hash-a"))
+    assert replay is not None and replay.answer_status == 202
+    assert first.created
+
+
 async def test_idempotency_key_with_another_request_is_a_mismatch(store: Store) -> None:
     first = await store.create_job(make_job(), idempotency=Idempotency("key-1", "hash-a"))
     with pytest.raises(IdempotencyMismatch) as info:

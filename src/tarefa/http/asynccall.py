@@ -87,6 +87,7 @@ class JobStarter:
                 idempotency=self.idempotency,
                 precondition=precondition,
                 callback=self.callback,
+                hold_answer=self.return_timeout > 0,
             )
         except ResourceBusy as exc:
             raise _busy(exc, self.engine.jobs_href) from None
@@ -105,12 +106,9 @@ class JobStarter:
         """``return_timeout``: 200 with the ended job, or 202. The job exists by now, so a store
         fault while waiting still answers 202 with it: the client must learn its id."""
         try:
-            ended = await self.engine.jobs.wait_until_terminal(self.viewer, job, self.return_timeout)
-            if not ended.is_terminal:
-                return ended, 202
-            if self.idempotency is not None:
-                await self.engine.jobs.record_answer(ended, 200)
-            return ended, 200
+            return await self.engine.jobs.wait_for_answer(
+                self.viewer, job, self.return_timeout, idempotent=self.idempotency is not None
+            )
         except StoreError as exc:
             log.warning("job %s accepted; the store failed while waiting for its end: %s", job.id, exc)
             return job, 202

@@ -211,11 +211,13 @@ class JobStore(ABC):
             )
         )
 
-    async def finish_job(self, job_id: str, worker: str, outcome: Outcome) -> Job | None:
-        """running → success/failure; None if ``worker`` no longer holds the job."""
-        return await self._write(
-            lambda: _change_held(job_id, worker, lambda job: apply_outcome(job, outcome, now=model.utcnow()))
-        )
+    async def finish_job(
+        self, job_id: str, worker: str, outcome: Outcome, *, answer_status: int | None = None
+    ) -> Job | None:
+        """running → success/failure; None if ``worker`` no longer holds the job. With
+        ``answer_status``, an end that makes the job terminal also records that status of its
+        first answer, in the same transaction (:mod:`tarefa.held_answers`)."""
+        return await self._write(lambda: _finish(job_id, worker, outcome, answer_status))
 
     async def renew_leases(self, worker: str, job_ids: Collection[str], lease_seconds: float) -> set[str]:
         """Extend the leases ``worker`` still holds; returns the ids it still holds."""
@@ -396,6 +398,13 @@ def _change_held(job_id: str, worker: str, transition: Callable[[Job], Job]) -> 
     if job is None or not holds(job, worker):
         return None
     return (yield from _save(job, transition(job)))
+
+
+def _finish(job_id: str, worker: str, outcome: Outcome, answer_status: int | None) -> Program[Job | None]:
+    finished = yield from _change_held(job_id, worker, lambda job: apply_outcome(job, outcome, now=model.utcnow()))
+    if finished is not None and answer_status is not None and finished.is_terminal:
+        yield steps.SetAnswerStatus(job_id, answer_status)
+    return finished
 
 
 def _save(job: Job, changed: Job) -> Program[Job]:

@@ -299,12 +299,17 @@ class PostgresStore(JobStore, Documents):
             self._held[job_id] = job
         return job
 
-    async def finish_job(self, job_id: str, worker: str, outcome: Outcome) -> Job | None:
+    async def finish_job(
+        self, job_id: str, worker: str, outcome: Outcome, *, answer_status: int | None = None
+    ) -> Job | None:
         """:meth:`JobStore.finish_job`. For a job claimed here, the outcome is applied (with the pure
         transition) to the job as this store last saved it, and saved in one statement only if the
         row is still that version; if anything changed it since (a cancel request, a renewed
-        lease), the full rule runs: load the job locked, apply the outcome, save."""
+        lease), the full rule runs: load the job locked, apply the outcome, save. An end that also
+        records an ``answer_status`` takes the full rule."""
         held = self._held.pop(job_id, None)
+        if answer_status is not None:
+            return await super().finish_job(job_id, worker, outcome, answer_status=answer_status)
         if held is not None and held.state is JobState.RUNNING and held.lease_owner == worker and held.callback is None:
             ended = apply_outcome(held, outcome, now=utcnow())
             params = {

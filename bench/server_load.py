@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -45,8 +46,12 @@ class Caller:
         self.reader, self.writer = reader, writer
         self.requests = 0
 
-    async def request(self, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, object]]:
+    async def request(
+        self, method: str, path: str, body: bytes = b"", key: str | None = None
+    ) -> tuple[int, dict[str, object]]:
         head = f"{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n"
+        if key is not None:
+            head += f"idempotency-key: {key}\r\n"
         if body:
             head += "content-type: application/json\r\n"
         self.writer.write(head.encode() + b"\r\n" + body)
@@ -62,7 +67,8 @@ class Caller:
 
 
 async def drive(
-    port: int, jobs: int, concurrency: int, flow: str, sleep: float = 0.0, lags: list[float] | None = None
+    port: int, jobs: int, concurrency: int, flow: str, sleep: float = 0.0, lags: list[float] | None = None,
+    keys: bool = False,
 ) -> tuple[float, list[float], int]:
     latencies: list[float] = []
     kind, payload = ("sleep", orjson.dumps({"seconds": sleep})) if sleep else ("noop", b'{"n":1}')
@@ -74,7 +80,7 @@ async def drive(
             left[0] -= 1
             began = time.perf_counter()
             path = f"/api/{kind}?return_timeout=30" if flow == "return" else f"/api/{kind}"
-            status, body = await caller.request("POST", path, payload)
+            status, body = await caller.request("POST", path, payload, uuid.uuid4().hex if keys else None)
             assert status in (200, 202), body
             job = body["job"]
             assert isinstance(job, dict)
@@ -122,6 +128,7 @@ def main() -> int:
     parser.add_argument("--flow", choices=["poll", "return"], default="poll")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy raw output of the server")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--keys", action="store_true", help="each POST sends an Idempotency-Key (as the client does)")
     parser.add_argument("--sleep", type=float, default=0.0, help="jobs sleep this long (W4: 3 s, 1,000 callers)")
     args = parser.parse_args()
     raise_fd_limit()
@@ -155,7 +162,7 @@ def main() -> int:
             backends.begin()
             lags: list[float] = []
             wall, latencies, requests = asyncio.run(
-                drive(port, args.jobs, args.concurrency, args.flow, args.sleep, lags)
+                drive(port, args.jobs, args.concurrency, args.flow, args.sleep, lags, args.keys)
             )
             user, system = (b - a for a, b in zip(cpu0, cpu_seconds(pid), strict=True))
             cpu = user + system

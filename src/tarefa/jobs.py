@@ -128,7 +128,8 @@ class Jobs:
         claim = runner.reserve(operation) if runner is not None else None
         claimed: Job | None = None
         # registered before the insert: the job may run and end here before the insert returns
-        hold = runner.answer_holds.hold(job.id) if hold_answer and idempotency and runner is not None else None
+        holds = runner.answer_holds if hold_answer and idempotency and runner is not None else None
+        hold = holds.hold(job.id) if holds is not None else None
         created: Created | None = None
         try:
             created = await self.store.create_job(
@@ -140,8 +141,8 @@ class Jobs:
             holder = await self.store.get_job(exc.job_id, viewer.owner_filter) if exc.job_id else None
             raise ResourceBusy(exc.resource_key, holder.id if holder else "") from None
         finally:
-            if hold is not None and (created is None or not created.created):
-                runner.answer_holds.release(hold)  # type: ignore[union-attr]
+            if holds is not None and hold is not None and (created is None or not created.created):
+                holds.release(hold)
             if runner is not None and claim is not None:
                 runner.claimed(claimed)
 

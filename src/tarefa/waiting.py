@@ -256,11 +256,7 @@ class ChangeHub:
         or as it is after ``timeout`` seconds; at once if it is terminal. None: unknown/deleted."""
         # One coroutine for the whole wait, with no context manager or helper coroutine left on
         # the stack while it waits: a held long poll's frames are its memory (issue 11, W5).
-        watch = _Watch(job_id)
-        watches = self._watches.get(job_id)
-        if watches is None:
-            watches = self._watches[job_id] = set()
-        watches.add(watch)
+        watch = self._watch(job_id)
         try:
             job = await read()
             del read  # not kept (with what it holds) for the whole wait
@@ -271,13 +267,11 @@ class ChangeHub:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
             while not (job.is_terminal or job.last_modified > baseline or self._closing):
-                latest = watch.take()
-                if latest is _DELETED:
+                seen = self._catch_up(watch, job, baseline)
+                if seen is None:
                     return None
-                if isinstance(latest, Job):
-                    job = latest if latest.last_modified > job.last_modified else job
-                    if self.on_wakeup is not None and job.last_modified > baseline:
-                        self.on_wakeup(job)
+                if seen is not job:
+                    job = seen
                     continue
                 if deadline - loop.time() <= 0:
                     break
@@ -306,11 +300,7 @@ class ChangeHub:
         answer is known once read, else a :class:`HeldWait` that calls ``done`` with the job (or
         None) when :meth:`wait_for_change` would have returned it. A parked long poll then costs
         its watch, a future and this object: no coroutine frame (issue 11, W5)."""
-        watch = _Watch(job_id)
-        watches = self._watches.get(job_id)
-        if watches is None:
-            watches = self._watches[job_id] = set()
-        watches.add(watch)
+        watch = self._watch(job_id)
         try:
             job = await read()
         except BaseException:
@@ -324,6 +314,27 @@ class ChangeHub:
         held = HeldWait(self, watch, job, job.last_modified if baseline is None else baseline,
                         loop.time() + timeout, done)  # fmt: skip
         return held._step(loop)
+
+    def _watch(self, job_id: str) -> _Watch:
+        watch = _Watch(job_id)
+        watches = self._watches.get(job_id)
+        if watches is None:
+            watches = self._watches[job_id] = set()
+        watches.add(watch)
+        return watch
+
+    def _catch_up(self, watch: _Watch, job: Job, baseline: datetime) -> Job | None:
+        """``job``, or the newer version ``watch`` has seen since (None: deleted); a change after
+        ``baseline`` is told to ``on_wakeup``. The step :meth:`wait_for_change` and
+        :class:`HeldWait` share."""
+        latest = watch.take()
+        if latest is _DELETED:
+            return None
+        if isinstance(latest, Job) and latest.last_modified > job.last_modified:
+            job = latest
+            if self.on_wakeup is not None and job.last_modified > baseline:
+                self.on_wakeup(job)
+        return job
 
     def _forget(self, watch: _Watch) -> None:
         watches = self._watches.get(watch.job_id)
@@ -359,14 +370,12 @@ class HeldWait:
         """The job (None: deleted) once the wait is over, else self, armed on a new wake-up."""
         hub, watch, job, baseline = self._hub, self._watch, self._job, self._baseline
         while not (job.is_terminal or job.last_modified > baseline or hub._closing):
-            latest = watch.take()
-            if latest is _DELETED:
+            seen = hub._catch_up(watch, job, baseline)
+            if seen is None:
                 hub._forget(watch)
                 return None
-            if isinstance(latest, Job):
-                job = latest if latest.last_modified > job.last_modified else job
-                if hub.on_wakeup is not None and job.last_modified > baseline:
-                    hub.on_wakeup(job)
+            if seen is not job:
+                job = seen
                 continue
             if self._deadline - loop.time() <= 0:
                 break

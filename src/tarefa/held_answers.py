@@ -16,6 +16,11 @@ race, which side decides the status:
 - ``DONE``: the end and the ``200`` are durable together: the call answers ``200`` with no write.
 - ``UNKNOWN``: an attempt failed and may have landed anyway (a lost connection): the call records
   the status it answers itself, as when the job ends elsewhere.
+
+When the job ends in another process, a store that ``records_answers_by`` (PostgreSQL) takes the
+call's deadline with the insert (``answer_by``) and its end statement records ``200`` when it comes
+by then; the call then answers ``200`` without a write, and records ``202`` for good if it gives up
+(:meth:`tarefa.jobs.Jobs.wait_for_answer`).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import asyncio
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from . import model
@@ -96,14 +96,15 @@ class Jobs:
         idempotency: Idempotency | None = None,
         precondition: Precondition | None = None,
         callback: dict[str, str] | None = None,
-        hold_answer: bool = False,
+        answer_timeout: float = 0,
     ) -> Created:
         """Store a queued job of ``operation`` for ``viewer``, durably (the core of every
         asynchronous call). :class:`~tarefa.store.ResourceBusy` names the holding job only when
         the viewer may see it (``job_id`` is empty otherwise). A ``precondition`` is checked on
         an application document in the same transaction as the insert (what it raises is raised).
         ``callback``: the job's callback subscription (:func:`tarefa.callbacks.subscription`).
-        ``hold_answer``: the caller will wait for the end with :meth:`wait_for_answer`."""
+        ``answer_timeout``: the caller will wait this many seconds for the end with
+        :meth:`wait_for_answer` (``return_timeout``), with what the result's ``answer_by`` says."""
         declared = self._operations.get(operation)
         if declared is None:
             raise UnknownOperation(f"unknown operation {operation!r}: declare it with @tarefa.operation({operation!r})")
@@ -115,9 +116,10 @@ class Jobs:
             check_text(idempotency.key, "Idempotency-Key")
         if callback is not None:
             check_text(callback["url"], "Callback-URL")
+        now = model.utcnow()
         job = model.new_job(
             operation,
-            now=model.utcnow(),
+            now=now,
             input=data,
             owner=viewer.name,
             resource=resource,
@@ -128,14 +130,21 @@ class Jobs:
         claim = runner.reserve(operation) if runner is not None else None
         claimed: Job | None = None
         # registered before the insert: the job may run and end here before the insert returns
-        holds = runner.answer_holds if hold_answer and idempotency and runner is not None else None
+        held = answer_timeout > 0 and idempotency is not None
+        holds = runner.answer_holds if held and runner is not None else None
         hold = holds.hold(job.id) if holds is not None else None
+        # an end anywhere up to this instant records the 200 itself (the store says if it can)
+        store = self.store
+        answer_by = now + timedelta(seconds=answer_timeout) if held and store.records_answers_by else None
         created: Created | None = None
         try:
-            created = await self.store.create_job(
-                job, idempotency=idempotency, resource_key=resource_key, precondition=precondition, claim=claim
-            )
+            created = await store.create_job(
+                job, idempotency=idempotency, resource_key=resource_key, precondition=precondition, claim=claim,
+                answer_by=answer_by,
+            )  # fmt: skip
             claimed = created.claimed
+            if answer_by is not None and created.created:
+                created = dataclasses.replace(created, answer_by=answer_by)
             return created
         except ResourceBusy as exc:
             holder = await self.store.get_job(exc.job_id, viewer.owner_filter) if exc.job_id else None
@@ -151,11 +160,15 @@ class Jobs:
         :class:`~tarefa.store.IdempotencyMismatch` if the key came with another request."""
         return await self.store.replay_idempotent(viewer.name, idempotency)
 
-    async def wait_for_answer(self, viewer: Viewer, job: Job, timeout: float, *, idempotent: bool) -> tuple[Job, int]:
+    async def wait_for_answer(
+        self, viewer: Viewer, job: Job, timeout: float, *, idempotent: bool, answer_by: datetime | None = None
+    ) -> tuple[Job, int]:
         """``return_timeout``: the job once it has ended and 200, or as it is after ``timeout``
         seconds and 202. An ``idempotent`` call's 200 is durable before it is returned: recorded
-        with the job's end when the end is stored here (:mod:`tarefa.held_answers`), else by a
-        write of its own."""
+        with the job's end when the end is stored here (:mod:`tarefa.held_answers`), or, where
+        the store records answers by their end, when the end came by ``answer_by`` (as
+        :meth:`start` gave it), else by a write of its own; and a 202 where an end may record 200
+        is written for good."""
         holds = self.runner.answer_holds if self.runner is not None and idempotent else None
         hold = holds.get(job.id) if holds is not None else None
         try:
@@ -165,12 +178,16 @@ class Jobs:
                 if await hold.attempt_settled() is HoldState.DONE:
                     ended = await self._current(viewer, job.id) or ended
             if not ended.is_terminal:
+                unknown = False
                 if hold is not None:
                     unknown, hold.state = hold.state is HoldState.UNKNOWN, HoldState.GONE
-                    if unknown:  # an attempt that may have recorded 200 landed or not: say 202
-                        await self.record_answer(ended, 202)
+                # an attempt that may have recorded 200 landed or not, or an end to come that
+                # would record it: say 202 for good
+                if unknown or answer_by is not None:
+                    await self.record_answer(ended, 202)
                 return ended, 202
-            if idempotent and (hold is None or hold.state is not HoldState.DONE):
+            recorded = (hold is not None and hold.state is HoldState.DONE) or _answered_by_end(ended, answer_by)
+            if idempotent and not recorded:
                 await self.record_answer(ended, 200)
             return ended, 200
         finally:
@@ -295,6 +312,11 @@ class Jobs:
         _check_id(job_id)
         if not await self.store.delete_job(job_id, viewer.owner_filter):
             raise JobNotFound(job_id)
+
+
+def _answered_by_end(job: Job, answer_by: datetime | None) -> bool:
+    """True if the end of ``job`` recorded 200 itself (it came by ``answer_by``: see :meth:`Jobs.start`)."""
+    return answer_by is not None and job.end_time is not None and job.end_time <= answer_by
 
 
 def _check_id(job_id: str) -> None:

@@ -1,4 +1,5 @@
-"""Schema version 3 (callbacks) migrates a version-2 database with jobs in it, on both stores."""
+"""Schema version 3 (callbacks) migrates a version-2 database with jobs in it, on both stores; version 4
+(PostgreSQL: ``answer_by``) a version-3 one."""
 
 from __future__ import annotations
 
@@ -48,20 +49,41 @@ async def test_a_version_2_sqlite_file_is_migrated(tmp_path: Path) -> None:
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (len(sqlite_sql.MIGRATIONS),) == (3,)
 
 
+_OLD_ROW = (
+    "INSERT INTO tarefa_jobs (id, operation, state, message, progress, create_time, last_modified, owner{}) "
+    "VALUES (%s, %s, %s, %s, %s, now(), now(), %s{})"
+)
+
+
+def _at_version(conn: psycopg.Connection[Any], version: int, *, extra: tuple[str, str] = ("", "")) -> None:
+    """A PostgreSQL database at schema ``version`` with :data:`OLD_JOB` in it (``extra`` columns and values)."""
+    conn.execute(pg.CREATE_VERSION_TABLE)
+    for script in pg.MIGRATIONS[:version]:
+        conn.execute(script)
+    conn.execute(pg.INSERT_VERSION, {"version": version})
+    conn.execute(_OLD_ROW.format(*extra), OLD_JOB)
+
+
 @pytest.mark.postgres
 async def test_a_version_2_postgresql_database_is_migrated(
     fresh_postgres_url: str, postgres_admin: Callable[[str], psycopg.Connection[Any]]
 ) -> None:
     with postgres_admin(fresh_postgres_url) as conn:
-        conn.execute(pg.CREATE_VERSION_TABLE)
-        for script in pg.MIGRATIONS[:2]:
-            conn.execute(script)
-        conn.execute(pg.INSERT_VERSION, {"version": 2})
-        conn.execute(
-            "INSERT INTO tarefa_jobs (id, operation, state, message, progress, create_time, last_modified, owner) "
-            "VALUES (%s, %s, %s, %s, %s, now(), now(), %s)",
-            OLD_JOB,
-        )
+        _at_version(conn, 2)
     await check_upgraded(fresh_postgres_url)
     with postgres_admin(fresh_postgres_url) as conn:
-        assert conn.execute("SELECT version FROM tarefa_schema_version").fetchall() == [(3,)]
+        assert conn.execute("SELECT version FROM tarefa_schema_version").fetchall() == [(len(pg.MIGRATIONS),)]
+
+
+@pytest.mark.postgres
+async def test_a_version_3_postgresql_database_gets_answer_by(
+    fresh_postgres_url: str, postgres_admin: Callable[[str], psycopg.Connection[Any]]
+) -> None:
+    """Version 4: the column ``answer_by`` (an end records the held 200 by itself), empty on old
+    jobs, whose first answers keep their status."""
+    with postgres_admin(fresh_postgres_url) as conn:
+        _at_version(conn, 3, extra=(", idempotency_key, request_hash, answer_status", ", 'k', 'h', 200"))
+    await check_upgraded(fresh_postgres_url)
+    with postgres_admin(fresh_postgres_url) as conn:
+        assert conn.execute("SELECT version FROM tarefa_schema_version").fetchall() == [(4,)] == [(len(pg.MIGRATIONS),)]
+        assert conn.execute("SELECT answer_by, answer_status FROM tarefa_jobs").fetchall() == [(None, 200)]

@@ -2,7 +2,9 @@
 end, in the same transaction, when the job runs in this process (tarefa.held_answers) — no write
 of its own — and a replay repeats the first answer's status whichever side of the deadline the end
 lands. Through the app's real lifespan, on a real SQLite file; a second engine on the same file
-plays the server after a restart."""
+plays the server after a restart. On PostgreSQL, with the API and the worker as two engines (two
+processes' worth: ``serve --workers 0`` and ``tarefa worker``), the end records the 200 by itself
+when it comes by the call's deadline (``answer_by``), and a call that gives up says 202 for good."""
 
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ from tarefa.store import StoreUnavailable
 pytestmark = pytest.mark.anyio
 
 
-def build(store: str) -> tuple[FastAPI, Tarefa]:
-    jobs = Tarefa(store, workers=2)
+def build(store: str, workers: int = 2) -> tuple[FastAPI, Tarefa]:
+    jobs = Tarefa(store, workers=workers)
     app = FastAPI()
     jobs.mount(app, prefix="/api")
 
@@ -39,28 +41,55 @@ def build(store: str) -> tuple[FastAPI, Tarefa]:
     return app, jobs
 
 
+def _count_own_writes(jobs: Tarefa) -> list[int]:
+    """The statuses the engine's calls record by a write of their own, from now on."""
+    recorded: list[int] = []
+    store: Any = jobs.store
+    own_write = store.set_answer_status
+
+    async def counted(job_id: str, status: int) -> None:
+        recorded.append(status)
+        await own_write(job_id, status)
+
+    store.set_answer_status = counted
+    return recorded
+
+
 @asynccontextmanager
 async def serving(path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Tarefa, list[int]]]:
     """A client of the app, its engine, and the statuses recorded by a write of their own."""
     app, jobs = build(f"sqlite:///{path}")
     async with app.router.lifespan_context(app):
-        recorded: list[int] = []
-        store: Any = jobs.store
-        own_write = store.set_answer_status
-
-        async def counted(job_id: str, status: int) -> None:
-            recorded.append(status)
-            await own_write(job_id, status)
-
-        store.set_answer_status = counted
+        recorded = _count_own_writes(jobs)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client, jobs, recorded
 
 
+@asynccontextmanager
+async def split(url: str) -> AsyncIterator[tuple[httpx.AsyncClient, list[int]]]:
+    """An API engine with no workers and a worker engine on one PostgreSQL database: a client of
+    the API, and the statuses the API records by a write of its own."""
+    api_app, api = build(url, workers=0)
+    worker_app, _ = build(url, workers=2)
+    async with worker_app.router.lifespan_context(worker_app), api_app.router.lifespan_context(api_app):
+        recorded = _count_own_writes(api)
+        transport = httpx.ASGITransport(app=api_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client, recorded
+
+
 async def _call(client: httpx.AsyncClient, key: str, seconds: float, return_timeout: float) -> httpx.Response:
     return await client.post("/api/nap", json={"seconds": seconds}, headers={"Idempotency-Key": key},
                              params={"return_timeout": return_timeout})  # fmt: skip
+
+
+async def _until_it_succeeds(client: httpx.AsyncClient, job_id: str) -> None:
+    for _ in range(100):
+        if (await client.get(f"/api/jobs/{job_id}")).json()["record"]["state"] == "success":
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"job {job_id} did not succeed within 5 s")
 
 
 def _holds(jobs: Tarefa) -> int:
@@ -87,11 +116,7 @@ async def test_a_call_that_gave_up_at_its_deadline_stays_a_202(tmp_path: Path) -
     async with serving(tmp_path / "held.db") as (client, jobs, recorded):
         first = await _call(client, "k2", 1.5, 1)
         assert first.status_code == 202, first.text
-        job_id = first.json()["job"]["id"]
-        for _ in range(100):
-            if (await client.get(f"/api/jobs/{job_id}")).json()["record"]["state"] == "success":
-                break
-            await asyncio.sleep(0.05)
+        await _until_it_succeeds(client, first.json()["job"]["id"])
         replay = await _call(client, "k2", 1.5, 10)
         assert replay.status_code == 202, replay.text  # the first answer's status, the job as it is now
         assert replay.json()["job"]["state"] == "success"
@@ -144,3 +169,24 @@ async def test_without_an_idempotency_key_nothing_is_held(tmp_path: Path) -> Non
     async with serving(tmp_path / "held.db") as (client, jobs, recorded):
         answer = await client.post("/api/nap", json={"seconds": 0}, params={"return_timeout": 10})
         assert answer.status_code == 200 and recorded == [] and _holds(jobs) == 0
+
+
+async def test_across_processes_the_end_records_the_200_by_the_deadline(fresh_postgres_url: str) -> None:
+    async with split(fresh_postgres_url) as (client, recorded):
+        first = await _call(client, "p1", 0, 10)
+        assert first.status_code == 200, first.text
+        assert first.json()["job"]["state"] == "success"
+        assert recorded == []  # the worker's end recorded it, in its own statement
+        replay = await _call(client, "p1", 0, 0)
+        assert replay.status_code == 200 and replay.json() == first.json()
+
+
+async def test_across_processes_a_call_that_gave_up_says_202_for_good(fresh_postgres_url: str) -> None:
+    async with split(fresh_postgres_url) as (client, recorded):
+        first = await _call(client, "p2", 1.5, 1)
+        assert first.status_code == 202, first.text
+        assert recorded == [202]  # else the end to come, by the deadline or not, could record 200
+        await _until_it_succeeds(client, first.json()["job"]["id"])
+        replay = await _call(client, "p2", 1.5, 10)
+        assert replay.status_code == 202, replay.text
+        assert replay.json()["job"]["state"] == "success"

@@ -600,3 +600,39 @@ async def test_a_requeued_job_is_claimed_with_its_next_attempt(postgres_url: str
         assert requeued.state is JobState.QUEUED and requeued.attempts == 1
         [again] = await store.claim_jobs("w2", operations=["thing.make"], limit=1, lease_seconds=LEASE)
         assert again.attempts == 2 and again.lease_owner == "w2" and again == await store.get_job(job.id)
+
+
+async def test_an_end_by_answer_by_records_200_across_processes_unless_the_call_said_202(postgres_url: str) -> None:
+    """``create_job(answer_by=...)``: the end (another process's store here) records 200 as the
+    first answer's status in its own statement when it comes by that instant; a 202 recorded by
+    the call first is for good; an end after the instant records nothing."""
+    async with opened(postgres_url) as api, opened(postgres_url) as worker:
+        assert api.records_answers_by
+        soon = utcnow() + timedelta(seconds=60)
+        cases = {"in-time": soon, "gave-up": soon, "late": utcnow() - timedelta(seconds=1), "plain": None}
+        for key, answer_by in cases.items():
+            await api.create_job(make_job(key), idempotency=Idempotency(key, "h"), answer_by=answer_by)
+        await api.set_answer_status((await api.replay_idempotent("alice", Idempotency("gave-up", "h"))).job.id, 202)
+        for key in cases:
+            [claimed] = await worker.claim_jobs("w", operations=[key], limit=1, lease_seconds=30)
+            done = await worker.finish_job(claimed.id, "w", Outcome(JobState.SUCCESS, result={}))
+            assert done is not None and done.is_terminal
+        statuses = {key: (await api.replay_idempotent("alice", Idempotency(key, "h"))).answer_status for key in cases}
+        assert statuses == {"in-time": 200, "gave-up": 202, "late": 202, "plain": 202}
+        # any end counts: a queued job cancelled by the deadline ends at once, and says 200 too
+        created = await api.create_job(make_job("cancelled"), idempotency=Idempotency("c", "h"), answer_by=soon)
+        await api.cancel_job(created.job.id)
+        replay = await api.replay_idempotent("alice", Idempotency("c", "h"))
+        assert replay is not None and replay.job.state is JobState.FAILURE and replay.answer_status == 200
+
+
+async def test_a_store_that_cannot_record_answers_by_their_end_refuses_answer_by(tmp_path: Any) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'a.db'}")
+    await store.open()
+    try:
+        assert not store.records_answers_by
+        with pytest.raises(ValueError, match="answer_by"):
+            await store.create_job(make_job(), answer_by=utcnow())
+        assert await store.list_jobs(JobQuery()) == []
+    finally:
+        await store.close()

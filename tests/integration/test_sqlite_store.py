@@ -18,6 +18,7 @@ from tarefa.model import JobState, new_job, utcnow
 from tarefa.store import Outcome, StoreError
 from tarefa.store.base import Claim
 from tarefa.store.sqlite import WAL_CHECKPOINT_PAGES, WAL_SIZE_LIMIT, SQLiteStore
+from tarefa.store.sqlite_connection import CHECKPOINT_COMMITS
 
 pytestmark = pytest.mark.anyio
 
@@ -48,7 +49,7 @@ async def test_the_checkpointer_copies_the_wal_back_and_the_wal_starts_over(tmp_
                 await asyncio.sleep(0.05)  # idle moments, as between bursts of calls
         checkpointer = store._checkpointer
         assert checkpointer is not None
-        assert checkpointer.checkpoints >= 300 * 2 // 8 - 2  # asked every 8 committed calls
+        assert checkpointer.checkpoints >= 300 * 2 // CHECKPOINT_COMMITS - 2  # asked every CHECKPOINT_COMMITS commits
         await asyncio.sleep(0.05)
         wal = tmp_path / "t.db-wal"
         assert wal.stat().st_size <= WAL_SIZE_LIMIT + 128 * 1024, wal.stat().st_size

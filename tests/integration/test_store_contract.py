@@ -18,6 +18,7 @@ import pytest
 
 from tarefa.model import Job, JobError, JobEvent, JobState, new_job, utcnow
 from tarefa.store import (
+    Claim,
     Created,
     DocumentKind,
     EventQuery,
@@ -326,6 +327,55 @@ async def test_jobs_are_finished_only_by_the_lease_holder_and_once(store: Store)
     assert await store.finish_job(job.id, "w1", SUCCESS) is None
     assert await store.finish_job("no-such-job", "w1", SUCCESS) is None
     assert await store.get_job(job.id) == done
+
+
+async def test_a_job_claimed_in_its_insert_is_one_running_row_with_both_events(store: Store, listen: Listen) -> None:
+    recorder = listen(store)
+    key = Idempotency("key-claimed", "hash-a")
+    job = make_job()
+    created = await store.create_job(job, idempotency=key, resource_key="thing/1", claim=Claim("w1", LEASE))
+    started = created.claimed
+    assert created.created and created.job == job and started is not None
+    assert (started.state, started.lease_owner, started.start_time) == (JobState.RUNNING, "w1", started.last_modified)
+    assert await store.get_job(job.id) == started
+    events = await store.list_events(job.id)
+    assert events is not None and [e.state for e in events] == [JobState.QUEUED, JobState.RUNNING]
+    assert events[1].seq == events[0].seq + 1 and events[1].time == started.last_modified
+    await recorder.wait_for(lambda: recorder.heard(job.id, lambda j: j == started), what="the claim")
+    assert [j.state for j in recorder.of(job.id)] == [JobState.QUEUED, JobState.RUNNING]
+    # its key and its resource key are taken as by any insert; nothing else is inserted
+    again = await store.create_job(make_job(), idempotency=key, claim=Claim("w1", LEASE))
+    assert again == Created(started, created=False, answer_status=202)
+    with pytest.raises(ResourceBusy):
+        await store.create_job(make_job(), resource_key="thing/1", claim=Claim("w1", LEASE))
+    assert [j.id for j in await store.list_jobs(JobQuery())] == [job.id]
+    done = await store.finish_job(job.id, "w1", SUCCESS, answer_status=200)
+    assert done is not None and done.state is JobState.SUCCESS and await store.get_job(job.id) == done
+    assert await store.replay_idempotent("alice", key) == Created(done, created=False, answer_status=200)
+
+
+async def test_an_end_applies_to_the_job_as_it_is_when_it_changed_since_its_claim(store: Store) -> None:
+    """The end of a job claimed here starts from the version this store saved, unless the row
+    changed since: a progress report, a cancel request, a renewed lease, another worker's claim."""
+    job = await start_one(store)
+    reported = await store.report_progress(job.id, "w1", message="half", progress=50)
+    asked = await store.cancel_job(job.id)
+    assert reported is not None and asked is not None and asked.cancel_requested
+    done = await store.finish_job(job.id, "w1", SUCCESS)
+    assert done is not None and done.state is JobState.SUCCESS and done.cancel_requested
+    assert await store.get_job(job.id) == done
+    renewed = await start_one(store, "renewed")
+    assert await store.renew_leases("w1", [renewed.id], 600.0) == {renewed.id}
+    ended = await store.finish_job(renewed.id, "w1", SUCCESS)
+    assert ended is not None and ended.state is JobState.SUCCESS and await store.get_job(renewed.id) == ended
+    # lost by w1 (recovered), then claimed by w2: w1's end changes nothing, w2's ends it
+    taken = await start_one(store, "taken", max_attempts=2)
+    assert [j.id for j in await store.recover_jobs(expired_only=False)] == [taken.id]
+    again = await store.claim_jobs("w2", operations=["taken"], limit=1, lease_seconds=LEASE)
+    assert [j.id for j in again] == [taken.id]
+    assert await store.finish_job(taken.id, "w1", SUCCESS) is None
+    theirs = await store.finish_job(taken.id, "w2", SUCCESS)
+    assert theirs is not None and theirs.state is JobState.SUCCESS and await store.get_job(taken.id) == theirs
 
 
 async def test_renewing_extends_only_the_leases_still_held(store: Store) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -87,7 +88,7 @@ class JobStarter:
                 idempotency=self.idempotency,
                 precondition=precondition,
                 callback=self.callback,
-                hold_answer=self.return_timeout > 0,
+                answer_timeout=self.return_timeout,
             )
         except ResourceBusy as exc:
             raise _busy(exc, self.engine.jobs_href) from None
@@ -99,15 +100,15 @@ class JobStarter:
         if created.created:
             self.engine.queue_limit.added()
         if created.created and self.return_timeout > 0:
-            job, status = await self._wait_for_end(job)
+            job, status = await self._wait_for_end(job, created.answer_by)
         return accepted_response(self.engine, job, status, admin=self.viewer.shows_owners)
 
-    async def _wait_for_end(self, job: Job) -> tuple[Job, int]:
+    async def _wait_for_end(self, job: Job, answer_by: datetime | None) -> tuple[Job, int]:
         """``return_timeout``: 200 with the ended job, or 202. The job exists by now, so a store
         fault while waiting still answers 202 with it: the client must learn its id."""
         try:
             return await self.engine.jobs.wait_for_answer(
-                self.viewer, job, self.return_timeout, idempotent=self.idempotency is not None
+                self.viewer, job, self.return_timeout, idempotent=self.idempotency is not None, answer_by=answer_by
             )
         except StoreError as exc:
             log.warning("job %s accepted; the store failed while waiting for its end: %s", job.id, exc)
@@ -178,9 +179,17 @@ def _mismatch(exc: IdempotencyMismatch) -> ApiError:
 
 
 async def _fingerprint(request: Request, key: str) -> Idempotency:
-    digest = hashlib.sha256()
-    digest.update(f"{request.method} {request.url.path}\n".encode())
-    query = sorted((k, v) for k, v in request.query_params.multi_items() if k != "return_timeout")
+    """The request's fingerprint: method, path, sorted query (but ``return_timeout``) and body.
+    Stored with the key, so it never changes: read from the scope as ``request.url.path`` and
+    ``request.query_params`` give them (without building those objects on the hot path)."""
+    scope = request.scope
+    path: str = scope["path"]
+    if "?" in path or "#" in path or "\\" in path:  # escaped by Starlette's URL
+        path = request.url.path
+    raw: bytes = scope.get("query_string", b"")
+    pairs = parse_qsl(raw.decode("latin-1"), keep_blank_values=True) if raw else []
+    query = sorted((k, v) for k, v in pairs if k != "return_timeout")
+    digest = hashlib.sha256(f"{scope['method']} {path}\n".encode())
     digest.update(repr(query).encode())
     digest.update(await request.body())
     return Idempotency(key, digest.hexdigest())

@@ -94,6 +94,8 @@ class Created:
     answer_status: int = 202
     #: The job as claimed in the same transaction (``create_job(..., claim=...)``), else None.
     claimed: Job | None = None
+    #: Until when an end of the new job records 200 by itself (:meth:`tarefa.jobs.Jobs.start`).
+    answer_by: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,8 @@ T = TypeVar("T")
 #: Jobs deleted per transaction by :meth:`JobStore.purge_jobs`.
 PURGE_BATCH = 1000
 _CREATE_ATTEMPTS = 5
+#: Most running jobs whose claimed version a store remembers for their end (:meth:`JobStore.finish_job`).
+HELD_JOBS_KEPT = 10_000
 
 
 class JobStore(ABC):
@@ -62,9 +64,14 @@ class JobStore(ABC):
     #: True when this store is used by one process only (embedded SQLite, memory): at start,
     #: every job still ``running`` was left by a crashed process and is recovered at once.
     exclusive: bool = False
+    #: True when an end records ``200`` as the first answer's status by itself when it comes
+    #: before the ``answer_by`` given to :meth:`create_job` (a call answered in another process
+    #: than the job's end then needs no write of its own).
+    records_answers_by: bool = False
 
     def __init__(self) -> None:
         self._listeners = Listeners()
+        self._held: dict[str, Job] = {}  # running jobs claimed here, as last saved here
 
     # -- what a backend provides ----------------------------------------------------------------
 
@@ -114,6 +121,7 @@ class JobStore(ABC):
         resource_key: str | None = None,
         precondition: Precondition | None = None,
         claim: Claim | None = None,
+        answer_by: datetime | None = None,
     ) -> Created:
         """Insert a ``queued`` job durably, atomically with its checks.
 
@@ -126,8 +134,16 @@ class JobStore(ABC):
         - claim given: the inserted job is also claimed (``running`` under the claim's lease) in
           the same transaction, as :meth:`claim_jobs` would (``Created.claimed``): a fast job's
           accept and claim share one commit.
+        - answer_by given (only where :attr:`records_answers_by`): an end of the job up to that
+          instant records ``200`` as the first answer's status (:meth:`set_answer_status` says it
+          for good). The call holding its answer till then needs no write when it answers ``200``.
         """
-        return await self._write(lambda: _create(job, idempotency, resource_key, precondition, claim))
+        if answer_by is not None and not self.records_answers_by:
+            raise ValueError(f"{type(self).__name__} does not record answers by their end: answer_by must be None")
+        created = await self._write(lambda: _create(job, idempotency, resource_key, precondition, claim, answer_by))
+        if created.claimed is not None:
+            self._remember(created.claimed)
+        return created
 
     async def insert_documents(self, documents: Sequence[tuple[str, str, dict[str, Any]]]) -> bool:
         """Insert every ``(kind, key, data)``, in one transaction, or none of them (False) if any
@@ -199,30 +215,44 @@ class JobStore(ABC):
         lease, oldest first. No job is ever claimed by two workers."""
         if not operations or limit <= 0:
             return []
-        return await self._write(lambda: _claim(worker, tuple(operations), limit, lease_seconds))
+        claimed = await self._write(lambda: _claim(worker, tuple(operations), limit, lease_seconds))
+        for job in claimed:
+            self._remember(job)
+        return claimed
 
     async def report_progress(
         self, job_id: str, worker: str, *, message: str | None, progress: int | None
     ) -> Job | None:
         """A visible change on a running job held by ``worker``; None if it no longer holds it."""
-        return await self._write(
+        job = await self._write(
             lambda: _change_held(
                 job_id, worker, lambda job: model.report(job, now=model.utcnow(), message=message, progress=progress)
             )
         )
+        if job is not None and job_id in self._held:  # not if its end has begun meanwhile
+            self._held[job_id] = job
+        return job
 
     async def finish_job(
         self, job_id: str, worker: str, outcome: Outcome, *, answer_status: int | None = None
     ) -> Job | None:
         """running → success/failure; None if ``worker`` no longer holds the job. With
         ``answer_status``, an end that makes the job terminal also records that status of its
-        first answer, in the same transaction (:mod:`tarefa.held_answers`)."""
-        return await self._write(lambda: _finish(job_id, worker, outcome, answer_status))
+        first answer, in the same transaction (:mod:`tarefa.held_answers`).
+
+        For a job claimed here, the outcome is applied to the job as this store last saved it and
+        written back only if the row is still that version (:class:`~.steps.SaveHeld`: no read);
+        if anything changed it since (a cancel request, a renewed lease), the full rule runs in
+        the same transaction: load the job, apply the outcome, save."""
+        held = self._held.pop(job_id, None)
+        return await self._write(lambda: _finish(job_id, worker, outcome, answer_status, held))
 
     async def renew_leases(self, worker: str, job_ids: Collection[str], lease_seconds: float) -> set[str]:
         """Extend the leases ``worker`` still holds; returns the ids it still holds."""
         if not job_ids:
             return set()
+        for job_id in job_ids:  # their leases change: their end takes the full rule
+            self._held.pop(job_id, None)
         expires = model.utcnow() + timedelta(seconds=lease_seconds)
         held: set[str] = await self._write(lambda: _one(steps.RenewLeases(worker, tuple(job_ids), expires)))
         return held
@@ -231,7 +261,16 @@ class JobStore(ABC):
         """Graceful stop: apply :func:`tarefa.model.lose` at once to these jobs held by ``worker``."""
         if not job_ids:
             return []
+        for job_id in job_ids:
+            self._held.pop(job_id, None)
         return await self._write(lambda: _lose(steps.LoadHeld(worker, tuple(sorted(job_ids)))))
+
+    def _remember(self, job: Job) -> None:
+        """Keep the version of a job claimed here, for its end (:meth:`finish_job`)."""
+        held = self._held
+        held[job.id] = job
+        if len(held) > HELD_JOBS_KEPT:  # jobs whose end never came here (a lost lease): the oldest go
+            del held[next(iter(held))]
 
     async def recover_jobs(self, *, expired_only: bool = True) -> list[Job]:
         """Apply :func:`tarefa.model.lose` to running jobs whose lease has expired (or to every
@@ -305,26 +344,33 @@ def _create(
     resource_key: str | None,
     precondition: Precondition | None,
     claim: Claim | None = None,
+    answer_by: datetime | None = None,
 ) -> Program[Created]:
-    # Each step sees the latest commits, so a conflict found by the insert is visible to the
-    # lookups that follow; a conflicting job that ended meanwhile means: try again.
+    # The insert comes first: it meets a conflict on a repeated key or a busy resource key, and
+    # only then do the lookups run (each step sees the latest commits, so the conflict the insert
+    # met is visible to them); a conflicting job that ended meanwhile means: try again.
+    started: Job | None = None
+    if claim is not None:
+        now = model.utcnow()
+        expires = now + timedelta(seconds=claim.lease_seconds)
+        started = model.start(job, now=now, worker=claim.worker, lease_expires=expires)
     for _ in range(_CREATE_ATTEMPTS):
         if precondition is not None:
             precondition.check((yield steps.LoadDocument(precondition.kind, precondition.key)))
+        if started is None:
+            event = yield steps.InsertJob(job, resource_key, idempotency, answer_by)
+            if event is not None:
+                yield from _queue_callbacks(((job, event),))
+                return Created(job, created=True)
+        else:
+            events = yield steps.InsertClaimed(job, started, resource_key, idempotency, answer_by)
+            if events is not None:
+                yield from _queue_callbacks(((job, events[0]), (started, events[1])))
+                return Created(job, created=True, claimed=started)
         if idempotency is not None:
             replay = yield from _replay(job.owner, idempotency)
             if replay is not None:
                 return replay
-        event = yield steps.InsertJob(job, resource_key, idempotency)
-        if event is not None:
-            yield from _queue_callbacks(((job, event),))
-            if claim is None:
-                return Created(job, created=True)
-            now = model.utcnow()
-            expires = now + timedelta(seconds=claim.lease_seconds)
-            started = model.start(job, now=now, worker=claim.worker, lease_expires=expires)
-            yield from _saved((started,))
-            return Created(job, created=True, claimed=started)
         if resource_key is not None:
             holder = yield steps.LoadResourceHolder(resource_key)
             if holder is not None:
@@ -334,6 +380,12 @@ def _create(
 
 def _replay(owner: str, idempotency: Idempotency) -> Program[Created | None]:
     entry = yield steps.LoadIdempotent(owner, idempotency.key)
+    return replay_of(entry, idempotency)
+
+
+def replay_of(entry: steps.IdempotentEntry | None, idempotency: Idempotency) -> Created | None:
+    """The replay of a call with ``idempotency`` given the entry its key has (None: a new key);
+    :class:`IdempotencyMismatch` if the key came with another request."""
     if entry is None:
         return None
     if entry.request_hash != idempotency.request_hash:
@@ -400,7 +452,15 @@ def _change_held(job_id: str, worker: str, transition: Callable[[Job], Job]) -> 
     return (yield from _save(job, transition(job)))
 
 
-def _finish(job_id: str, worker: str, outcome: Outcome, answer_status: int | None) -> Program[Job | None]:
+def _finish(
+    job_id: str, worker: str, outcome: Outcome, answer_status: int | None, held: Job | None = None
+) -> Program[Job | None]:
+    if held is not None and holds(held, worker):
+        ended = apply_outcome(held, outcome, now=model.utcnow())
+        event = yield steps.SaveHeld(ended, held, answer_status if ended.is_terminal else None)
+        if event is not None:
+            yield from _queue_callbacks(((ended, event),))
+            return ended
     finished = yield from _change_held(job_id, worker, lambda job: apply_outcome(job, outcome, now=model.utcnow()))
     if finished is not None and answer_status is not None and finished.is_terminal:
         yield steps.SetAnswerStatus(job_id, answer_status)

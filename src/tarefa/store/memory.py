@@ -135,6 +135,17 @@ class MemoryStore(JobStore, Documents):
                 )
             case steps.SaveJobs(jobs):
                 return [self._save(job) for job in jobs]
+            case steps.InsertClaimed(job, started, resource_key, idempotency):
+                idem = None if idempotency is None else (idempotency.key, idempotency.request_hash)
+                first = self._insert(job, resource_key, idem)
+                return None if first is None else (first, self._save(started))
+            case steps.SaveHeld(job, held, answer_status):
+                now = self._job(job.id)
+                if now is None or not _same_hold(now, held):
+                    return None
+                if answer_status is not None:
+                    self._do(steps.SetAnswerStatus(job.id, answer_status))
+                return self._save(job)
             case steps.DeleteJob(job_id):
                 self._delete(job_id)
                 return None
@@ -366,3 +377,13 @@ def _page(jobs: list[Job], query: JobQuery) -> list[Job]:
         after = (query.after[0], query.after[1].encode())
         keyed = [(key, job) for key, job in keyed if (key < after if query.descending else key > after)]
     return [job for _, job in keyed[: max(0, query.limit)]]
+
+
+def _same_hold(job: Job, held: Job) -> bool:
+    """True if ``job`` (the row) is still the version ``held`` of a running job (:class:`~.steps.SaveHeld`)."""
+    return (
+        job.state is JobState.RUNNING
+        and job.lease_owner == held.lease_owner
+        and job.lease_expires == held.lease_expires
+        and job.last_modified == held.last_modified
+    )

@@ -80,9 +80,6 @@ logger = logging.getLogger("tarefa.store.postgres")
 
 #: How long the ids of deleted jobs are kept for listeners catching up after a reconnection.
 DELETED_IDS_RETENTION = timedelta(days=1)
-#: Most running jobs whose claimed version a store remembers (see PostgresStore.finish_job).
-HELD_JOBS_KEPT = 10_000
-
 _Number = TypeVar("_Number", int, float)
 _T = TypeVar("_T")
 
@@ -91,6 +88,7 @@ class PostgresStore(JobStore, Documents):
     """A :class:`~tarefa.store.JobStore` on PostgreSQL (psycopg 3, one connection pool per process)."""
 
     exclusive: bool = False
+    records_answers_by: bool = True
 
     def __init__(
         self,
@@ -109,7 +107,6 @@ class PostgresStore(JobStore, Documents):
         self._pool_timeout = _positive("pool_timeout", pool_timeout, float)
         self._conninfo = _conninfo(url, connection_options)
         self._origin = secrets.token_hex(8)
-        self._held: dict[str, Job] = {}  # running jobs claimed here, as last saved here
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._opening = asyncio.Lock()
         self._writer = GroupCommit(
@@ -221,6 +218,7 @@ class PostgresStore(JobStore, Documents):
         resource_key: str | None = None,
         precondition: Precondition | None = None,
         claim: Claim | None = None,
+        answer_by: datetime | None = None,
     ) -> Created:
         """:meth:`JobStore.create_job`. A plain insert (no precondition, claim or callback) is tried
         first as one statement; on any conflict (id, idempotency key, busy resource key) nothing is
@@ -231,19 +229,19 @@ class PostgresStore(JobStore, Documents):
                 "idempotency_key": idempotency.key if idempotency else None,
                 "request_hash": idempotency.request_hash if idempotency else None,
                 "resource_key": resource_key,
+                "answer_by": answer_by,
             }
             if await self._one_statement(q.INSERT_JOB_QUIET, q.INSERT_JOB_ANNOUNCED, params, job):
                 return Created(job, created=True)
         try:
             created = await super().create_job(
-                job, idempotency=idempotency, resource_key=resource_key, precondition=precondition, claim=claim
-            )
+                job, idempotency=idempotency, resource_key=resource_key, precondition=precondition, claim=claim,
+                answer_by=answer_by,
+            )  # fmt: skip
         except StoreError as exc:  # "a job with this id exists": ours, if an attempt's answer was lost
             if type(exc) is StoreError and await self.get_job(job.id) == job:
                 return Created(job, created=True)
             raise
-        if created.claimed is not None:
-            self._remember(created.claimed)
         return created
 
     async def claim_jobs(
@@ -291,14 +289,6 @@ class PostgresStore(JobStore, Documents):
             self._remember(job)
         return claimed
 
-    async def report_progress(
-        self, job_id: str, worker: str, *, message: str | None, progress: int | None
-    ) -> Job | None:
-        job = await super().report_progress(job_id, worker, message=message, progress=progress)
-        if job is not None and job_id in self._held:  # not if its end has begun meanwhile
-            self._held[job_id] = job
-        return job
-
     async def finish_job(
         self, job_id: str, worker: str, outcome: Outcome, *, answer_status: int | None = None
     ) -> Job | None:
@@ -306,10 +296,10 @@ class PostgresStore(JobStore, Documents):
         transition) to the job as this store last saved it, and saved in one statement only if the
         row is still that version; if anything changed it since (a cancel request, a renewed
         lease), the full rule runs: load the job locked, apply the outcome, save. An end that also
-        records an ``answer_status`` takes the full rule."""
-        held = self._held.pop(job_id, None)
+        records an ``answer_status`` takes the rule of :class:`JobStore` (two statements)."""
         if answer_status is not None:
             return await super().finish_job(job_id, worker, outcome, answer_status=answer_status)
+        held = self._held.pop(job_id, None)
         if held is not None and held.state is JobState.RUNNING and held.lease_owner == worker and held.callback is None:
             ended = apply_outcome(held, outcome, now=utcnow())
             params = {
@@ -326,24 +316,8 @@ class PostgresStore(JobStore, Documents):
             return finished
         return await super().finish_job(job_id, worker, outcome)
 
-    async def renew_leases(self, worker: str, job_ids: Collection[str], lease_seconds: float) -> set[str]:
-        for job_id in job_ids:  # their leases change: their end takes the full rule
-            self._held.pop(job_id, None)
-        return await super().renew_leases(worker, job_ids, lease_seconds)
-
-    async def release_jobs(self, worker: str, job_ids: Collection[str]) -> list[Job]:
-        for job_id in job_ids:
-            self._held.pop(job_id, None)
-        return await super().release_jobs(worker, job_ids)
-
     async def set_answer_status(self, job_id: str, status: int) -> None:
         await self._sql(q.SET_ANSWER_STATUS, {"id": job_id, "status": status})
-
-    def _remember(self, job: Job) -> None:
-        held = self._held
-        held[job.id] = job
-        if len(held) > HELD_JOBS_KEPT:  # jobs whose end never came here (a lost lease): the oldest go
-            del held[next(iter(held))]
 
     async def _one_statement(self, quiet: str, announced: str, params: dict[str, Any], job: Job) -> bool:
         """Save ``job`` (and its event) with one statement, in the next batch, or alone as its own
@@ -490,10 +464,15 @@ class PgSteps:
                 return None if row is None else dict(row["data"])
             case steps.InsertDocuments(documents):
                 return await self._insert_documents(documents)
-            case steps.InsertJob(job, resource_key, idempotency):
-                return await self._insert(job, resource_key, idempotency)
+            case steps.InsertJob(job, resource_key, idempotency, answer_by):
+                return await self._insert(job, resource_key, idempotency, answer_by)
             case steps.SaveJobs(jobs):
                 return await self._save(jobs)
+            case steps.InsertClaimed(job, started, resource_key, idempotency, answer_by):
+                first = await self._insert(job, resource_key, idempotency, answer_by)
+                return None if first is None else (first, (await self._save((started,)))[0])
+            case steps.SaveHeld(job, held, answer_status):
+                return await self._save_held(job, held, answer_status)
             case steps.DeleteJob(job_id):
                 await self.cursor.execute(q.DELETE_JOB, {"id": job_id, "now": utcnow()})
                 await self.cursor.execute(q.DELETE_CALLBACKS, {"ids": [job_id]})
@@ -602,15 +581,32 @@ class PgSteps:
         await self.cursor.execute(q.RELEASE_DOCUMENTS)
         return True
 
-    async def _insert(self, job: Job, resource_key: str | None, idempotency: Idempotency | None) -> JobEvent | None:
+    async def _insert(
+        self, job: Job, resource_key: str | None, idempotency: Idempotency | None, answer_by: datetime | None
+    ) -> JobEvent | None:
         params = {
             **_job_params(job),
             "idempotency_key": idempotency.key if idempotency else None,
             "request_hash": idempotency.request_hash if idempotency else None,
             "resource_key": resource_key,
+            "answer_by": answer_by,
         }
         row = await self._row(q.INSERT_JOB, params)
         return None if row is None else numbered([event_of(job)], [row["seq"]])[0]
+
+    async def _save_held(self, job: Job, held: Job, answer_status: int | None) -> JobEvent | None:
+        params = {
+            **_job_params(job),
+            "held_by": held.lease_owner,
+            "held_last_modified": held.last_modified,
+            "held_lease_expires": held.lease_expires,
+        }
+        row = await self._row(q.UPDATE_HELD_JOB_QUIET, params)
+        if row is None:
+            return None
+        if answer_status is not None:
+            await self.cursor.execute(q.SET_ANSWER_STATUS, {"id": job.id, "status": answer_status})
+        return numbered([event_of(job)], [row["seq"]])[0]
 
     async def _save(self, jobs: tuple[Job, ...]) -> list[JobEvent]:
         """Write these (locked) jobs back with their events."""

@@ -127,6 +127,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX tarefa_callback_attempts_by_job ON tarefa_callback_attempts (job_id, num);
     """,
+    # 4: the instant until which the job's end records 200 as its first answer's status (a call
+    # with an Idempotency-Key and return_timeout answered by another process than the job's).
+    """
+    ALTER TABLE tarefa_jobs ADD COLUMN answer_by timestamptz;
+    """,
 ]
 
 # -- schema version -------------------------------------------------------------------------------
@@ -154,14 +159,17 @@ _JOB_VALUES = ", ".join(f"%({name})s" for name in NAMES)
 _EVENT_OF_JOB = "id, last_modified, state, message, progress, error_code, error_message, operation, owner"
 _EVENT_COLUMNS = "job_id, time, state, message, progress, error_code, error_message, operation, owner"
 _PG_TYPES = {"int": "integer", "bool": "boolean", "time": "timestamptz", "json": "jsonb"}
+#: An end before ``answer_by`` records 200 as the first answer's status, in its own statement: the
+#: call that holds its answer (``return_timeout``) in another process then needs no write of its own.
+_ANSWERED_BY_END = "answer_status = CASE WHEN %(end_time)s::timestamptz <= answer_by THEN 200 ELSE answer_status END"
 
 # ON CONFLICT without a target covers the id, the idempotency key and the busy resource key: the
 # caller finds out which one from the empty result, without an error in the server's log. The
 # job's first event is written by the same statement.
 INSERT_JOB = f"""
     WITH inserted AS (
-        INSERT INTO tarefa_jobs ({_JOB_COLUMNS}, idempotency_key, request_hash, resource_key)
-        VALUES ({_JOB_VALUES}, %(idempotency_key)s, %(request_hash)s, %(resource_key)s)
+        INSERT INTO tarefa_jobs ({_JOB_COLUMNS}, idempotency_key, request_hash, resource_key, answer_by)
+        VALUES ({_JOB_VALUES}, %(idempotency_key)s, %(request_hash)s, %(resource_key)s, %(answer_by)s)
         ON CONFLICT DO NOTHING
         RETURNING {_EVENT_OF_JOB}
     )
@@ -184,8 +192,8 @@ def insert_job(*, announce: bool) -> str:
     row if the insert met a conflict (the full rule then runs: idempotent replay, resource busy)."""
     return f"""
     WITH inserted AS (
-        INSERT INTO tarefa_jobs ({_JOB_COLUMNS}, idempotency_key, request_hash, resource_key)
-        VALUES ({_JOB_VALUES}, %(idempotency_key)s, %(request_hash)s, %(resource_key)s)
+        INSERT INTO tarefa_jobs ({_JOB_COLUMNS}, idempotency_key, request_hash, resource_key, answer_by)
+        VALUES ({_JOB_VALUES}, %(idempotency_key)s, %(request_hash)s, %(resource_key)s, %(answer_by)s)
         ON CONFLICT DO NOTHING
         RETURNING {_EVENT_OF_JOB}
     ),
@@ -200,7 +208,7 @@ def update_held_job(*, announce: bool) -> str:
     runs (load the job locked, apply the transition, save)."""
     return f"""
     WITH changed AS (
-        UPDATE tarefa_jobs SET {", ".join(f"{name} = %({name})s" for name in MUTABLE_NAMES)}
+        UPDATE tarefa_jobs SET {", ".join(f"{name} = %({name})s" for name in MUTABLE_NAMES)}, {_ANSWERED_BY_END}
         WHERE id = %(id)s AND state = 'running' AND lease_owner = %(held_by)s
             AND last_modified = %(held_last_modified)s AND lease_expires = %(held_lease_expires)s
         RETURNING {_EVENT_OF_JOB}
@@ -313,7 +321,7 @@ def list_jobs(query: JobQuery) -> tuple[sql.Composed, dict[str, Any]]:
 # A change and its event, in one statement.
 UPDATE_JOB = f"""
     WITH changed AS (
-        UPDATE tarefa_jobs SET {", ".join(f"{name} = %({name})s" for name in MUTABLE_NAMES)}
+        UPDATE tarefa_jobs SET {", ".join(f"{name} = %({name})s" for name in MUTABLE_NAMES)}, {_ANSWERED_BY_END}
         WHERE id = %(id)s
         RETURNING {_EVENT_OF_JOB}
     )
@@ -327,7 +335,8 @@ UPDATE_JOBS_COLUMNS = ("id", *(column.name for column in MUTABLE_COLUMNS))
 # Several jobs in one statement (a claim): UPDATE_JOB for each, one array per column.
 UPDATE_JOBS = f"""
     WITH changed AS (
-        UPDATE tarefa_jobs AS job SET {", ".join(f"{name} = given.{name}" for name in MUTABLE_NAMES)}
+        UPDATE tarefa_jobs AS job SET {", ".join(f"{name} = given.{name}" for name in MUTABLE_NAMES)},
+            answer_status = CASE WHEN given.end_time <= job.answer_by THEN 200 ELSE job.answer_status END
         FROM unnest({
     ", ".join(
         f"%({column.name})s::{_PG_TYPES.get(column.field.kind, 'text')}[]" for column in (COLUMNS[0], *MUTABLE_COLUMNS)
@@ -398,7 +407,8 @@ SELECT_RESOURCE_HOLDER = """
 
 COUNT_QUEUED = "SELECT count(*) AS count FROM tarefa_jobs WHERE state = 'queued'"
 
-SET_ANSWER_STATUS = "UPDATE tarefa_jobs SET answer_status = %(status)s WHERE id = %(id)s"
+# The status a call answered, for good: no later end changes it (answer_by cleared).
+SET_ANSWER_STATUS = "UPDATE tarefa_jobs SET answer_status = %(status)s, answer_by = NULL WHERE id = %(id)s"
 
 CLAIM_JOBS = """
     SELECT * FROM tarefa_jobs

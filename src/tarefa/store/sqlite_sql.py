@@ -124,6 +124,13 @@ INSERT_JOB = f"""
 
 UPDATE_JOB = f"UPDATE jobs SET {', '.join(f'{name} = ?' for name in MUTABLE_NAMES)} WHERE id = ?"
 
+# A change of a running job, saved only if its row is still the version the change was made from
+# (same holder, lease and last change: SaveHeld), with the status of its first answer if given.
+UPDATE_HELD_JOB = f"""
+    UPDATE jobs SET {", ".join(f"{name} = ?" for name in MUTABLE_NAMES)}, answer_status = coalesce(?, answer_status)
+    WHERE id = ? AND state = 'running' AND lease_owner = ? AND lease_expires = ? AND last_modified = ?
+"""
+
 EVENT_COLUMNS = "seq, job_id, time, state, message, progress, error_code, error_message, operation, owner"
 
 INSERT_EVENT = """

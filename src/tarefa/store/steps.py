@@ -106,6 +106,20 @@ class InsertJob:
     job: Job
     resource_key: str | None
     idempotency: Idempotency | None
+    answer_by: datetime | None = None  # only where the store records answers by their end
+
+
+@dataclass(frozen=True, slots=True)
+class InsertClaimed:
+    """→ ``tuple[JobEvent, JobEvent] | None``: :class:`InsertJob` of ``job`` already claimed:
+    the row is ``started`` (:func:`tarefa.model.start` of ``job``), with both events (queued, then
+    running); None (nothing inserted) on the conflicts of :class:`InsertJob`."""
+
+    job: Job
+    started: Job
+    resource_key: str | None
+    idempotency: Idempotency | None
+    answer_by: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +127,18 @@ class SaveJobs:
     """→ ``list[JobEvent]``: write these loaded jobs back, each with a new event, in order."""
 
     jobs: tuple[Job, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SaveHeld:
+    """→ ``JobEvent | None``: write ``job`` (a change of the running job ``held``, as this process
+    last saved it) back with a new event, only if the row is still ``held``: running, same lease
+    holder and expiry, same ``last_modified``; None (nothing written) if anything changed it.
+    With ``answer_status``, that status of the job's first answer too (:class:`SetAnswerStatus`)."""
+
+    job: Job
+    held: Job
+    answer_status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,9 +274,9 @@ class ListCallbackAttempts:
 
 Step = (
     LoadJob | LoadQueued | LoadHeld | LoadLost | LoadIdempotent | LoadResourceHolder | LoadDocument
-    | InsertDocuments | InsertJob | SaveJobs | DeleteJob | PurgeJobs | RenewLeases | SetAnswerStatus | ListJobs
+    | InsertDocuments | InsertJob | InsertClaimed | SaveJobs | SaveHeld | DeleteJob | PurgeJobs | RenewLeases
+    | SetAnswerStatus | ListJobs
     | ListEvents | SettledSeq | ListAllEvents | CountJobs | ReadSchemaVersion | CountQueued
-    | ListEvents | CountJobs | ReadSchemaVersion | CountQueued
     | QueueCallbacks | ClaimCallbacks | RenewCallbackLeases | RecordCallbackAttempt | ListCallbackAttempts
 )  # fmt: skip
 
@@ -261,6 +287,11 @@ Program = Generator[Step, Any, T]
 def announced(step: Step, result: Any) -> Sequence[JobChange]:
     """The job changes a step made, given its result."""
     if isinstance(step, InsertJob):
+        return () if result is None else (JobChange(step.job.id, step.job, result),)
+    if isinstance(step, InsertClaimed):
+        return () if result is None else (JobChange(step.job.id, step.job, result[0]),
+                                          JobChange(step.job.id, step.started, result[1]))  # fmt: skip
+    if isinstance(step, SaveHeld):
         return () if result is None else (JobChange(step.job.id, step.job, result),)
     if isinstance(step, SaveJobs):
         return [JobChange(job.id, job, event) for job, event in zip(step.jobs, result, strict=True)]

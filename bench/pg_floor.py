@@ -4,8 +4,9 @@ sent from one process with nothing else around them (no HTTP, no listeners, no s
     python bench/pg_floor.py [--jobs 1000] [--rounds 2]
 
 Per job, as the split deployment sends them when each write is alone in its batch: the replay read
-of an ``Idempotency-Key``, the insert (one statement that also notifies), the claim, the end (each
-one statement that notifies) and the first answer's status; each statement is its own autocommit
+of an ``Idempotency-Key``, the insert (one statement that also notifies, with the call's deadline),
+the claim, and the end (each one statement that notifies; the end records the held ``200`` by
+itself, as it comes before that deadline); each statement is its own autocommit
 transaction, committed with fsync (the server's default ``synchronous_commit``). One job after
 the other: latency p50 and jobs/s, and this process's CPU per job. The PostgreSQL server's own CPU
 is not counted. On a fresh database ``tarefa_floor_<pid>`` of ``$TAREFA_TEST_POSTGRES`` (default
@@ -40,14 +41,18 @@ ORIGIN = "floor"
 
 
 async def one_job(api: psycopg.AsyncConnection[Any], worker: psycopg.AsyncConnection[Any], n: int) -> None:
-    """The five statements of one job: replay read, insert, claim, end, answer status."""
+    """The four statements of one job: replay read, insert, claim, end (which records the 200)."""
     job = new_job("noop", now=utcnow(), owner="alice", input={"n": n})
     reads = api.cursor(row_factory=dict_row)
     await reads.execute(q.SELECT_IDEMPOTENT_JOB, {"owner": "alice", "key": job.id})
     await reads.fetchall()
     parts = announcement(ORIGIN, job)
     assert parts is not None
-    params = {**_job_params(job), "idempotency_key": job.id, "request_hash": "h", "resource_key": None, **parts}
+    answer_by = job.create_time + timedelta(seconds=10)
+    params = {
+        **_job_params(job), "idempotency_key": job.id, "request_hash": "h", "resource_key": None,
+        "answer_by": answer_by, **parts,
+    }  # fmt: skip
     await reads.execute(q.INSERT_JOB_ANNOUNCED, params)
     await reads.fetchall()
     now = utcnow()
@@ -68,7 +73,6 @@ async def one_job(api: psycopg.AsyncConnection[Any], worker: psycopg.AsyncConnec
     }  # fmt: skip
     await writes.execute(q.UPDATE_HELD_JOB_ANNOUNCED, end)
     assert await writes.fetchall()
-    await reads.execute(q.SET_ANSWER_STATUS, {"id": job.id, "status": 200})
 
 
 async def measure(url: str, jobs: int) -> dict[str, float]:

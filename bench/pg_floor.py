@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from tarefa.model import JobState, new_job, utcnow
 from tarefa.store import postgres_sql as q
-from tarefa.store.base import Outcome, apply_outcome
-from tarefa.store.postgres import PostgresStore, _job_params, _row_to_job
+from tarefa.store.base import Idempotency, Outcome, apply_outcome
+from tarefa.store.postgres import PostgresStore, _held_params, _insert_params, _row_to_job
 from tarefa.store.postgres_listen import announcement, announcement_head
 
 SERVER = os.environ.get("TAREFA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test").rsplit("/", 1)[0]
@@ -49,10 +49,7 @@ async def one_job(api: psycopg.AsyncConnection[Any], worker: psycopg.AsyncConnec
     parts = announcement(ORIGIN, job)
     assert parts is not None
     answer_by = job.create_time + timedelta(seconds=10)
-    params = {
-        **_job_params(job), "idempotency_key": job.id, "request_hash": "h", "resource_key": None,
-        "answer_by": answer_by, **parts,
-    }  # fmt: skip
+    params = {**_insert_params(job, None, Idempotency(job.id, "h"), answer_by), **parts}
     await reads.execute(q.INSERT_JOB_ANNOUNCED, params)
     await reads.fetchall()
     now = utcnow()
@@ -67,10 +64,7 @@ async def one_job(api: psycopg.AsyncConnection[Any], worker: psycopg.AsyncConnec
     ended = apply_outcome(held, Outcome(JobState.SUCCESS, result={"n": n}), now=utcnow())
     ended_parts = announcement(ORIGIN, ended)
     assert ended_parts is not None
-    end = {
-        **_job_params(ended), "held_by": "w", "held_last_modified": held.last_modified,
-        "held_lease_expires": held.lease_expires, **ended_parts,
-    }  # fmt: skip
+    end = {**_held_params(ended, held), **ended_parts}
     await writes.execute(q.UPDATE_HELD_JOB_ANNOUNCED, end)
     assert await writes.fetchall()
 

@@ -224,13 +224,7 @@ class PostgresStore(JobStore, Documents):
         first as one statement; on any conflict (id, idempotency key, busy resource key) nothing is
         inserted and the full rule runs, which finds which one."""
         if precondition is None and claim is None and job.callback is None:
-            params = {
-                **_job_params(job),
-                "idempotency_key": idempotency.key if idempotency else None,
-                "request_hash": idempotency.request_hash if idempotency else None,
-                "resource_key": resource_key,
-                "answer_by": answer_by,
-            }
+            params = _insert_params(job, resource_key, idempotency, answer_by)
             if await self._one_statement(q.INSERT_JOB_QUIET, q.INSERT_JOB_ANNOUNCED, params, job):
                 return Created(job, created=True)
         try:
@@ -302,12 +296,7 @@ class PostgresStore(JobStore, Documents):
         held = self._held.pop(job_id, None)
         if held is not None and held.state is JobState.RUNNING and held.lease_owner == worker and held.callback is None:
             ended = apply_outcome(held, outcome, now=utcnow())
-            params = {
-                **_job_params(ended),
-                "held_by": worker,
-                "held_last_modified": held.last_modified,
-                "held_lease_expires": held.lease_expires,
-            }
+            params = _held_params(ended, held)
             if await self._one_statement(q.UPDATE_HELD_JOB_QUIET, q.UPDATE_HELD_JOB_ANNOUNCED, params, ended):
                 return ended
             finished = await super().finish_job(job_id, worker, outcome)
@@ -584,24 +573,11 @@ class PgSteps:
     async def _insert(
         self, job: Job, resource_key: str | None, idempotency: Idempotency | None, answer_by: datetime | None
     ) -> JobEvent | None:
-        params = {
-            **_job_params(job),
-            "idempotency_key": idempotency.key if idempotency else None,
-            "request_hash": idempotency.request_hash if idempotency else None,
-            "resource_key": resource_key,
-            "answer_by": answer_by,
-        }
-        row = await self._row(q.INSERT_JOB, params)
+        row = await self._row(q.INSERT_JOB, _insert_params(job, resource_key, idempotency, answer_by))
         return None if row is None else numbered([event_of(job)], [row["seq"]])[0]
 
     async def _save_held(self, job: Job, held: Job, answer_status: int | None) -> JobEvent | None:
-        params = {
-            **_job_params(job),
-            "held_by": held.lease_owner,
-            "held_last_modified": held.last_modified,
-            "held_lease_expires": held.lease_expires,
-        }
-        row = await self._row(q.UPDATE_HELD_JOB_QUIET, params)
+        row = await self._row(q.UPDATE_HELD_JOB_QUIET, _held_params(job, held))
         if row is None:
             return None
         if answer_status is not None:
@@ -667,6 +643,29 @@ def _row_to_job(row: DictRow) -> Job:
 
 def _job_params(job: Job) -> dict[str, Any]:
     return dict(zip(NAMES, CODEC.encode(job), strict=True))
+
+
+def _insert_params(
+    job: Job, resource_key: str | None, idempotency: Idempotency | None, answer_by: datetime | None
+) -> dict[str, Any]:
+    """The parameters of ``INSERT_JOB*``: the job's columns and what the insert checks and keeps."""
+    return {
+        **_job_params(job),
+        "idempotency_key": idempotency.key if idempotency else None,
+        "request_hash": idempotency.request_hash if idempotency else None,
+        "resource_key": resource_key,
+        "answer_by": answer_by,
+    }
+
+
+def _held_params(job: Job, held: Job) -> dict[str, Any]:
+    """The parameters of ``UPDATE_HELD_JOB*``: ``job``, saved only if the row is still ``held``."""
+    return {
+        **_job_params(job),
+        "held_by": held.lease_owner,
+        "held_last_modified": held.last_modified,
+        "held_lease_expires": held.lease_expires,
+    }
 
 
 def _idempotent_entry(row: DictRow) -> steps.IdempotentEntry:

@@ -212,9 +212,10 @@ def server_config(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, ac
                   ssl_keyfile: str | None = None, proxy_headers: bool = False) -> uvicorn.Config:  # fmt: skip
     """uvicorn's configuration for :func:`run` (same arguments)."""
     limits = limits or ServerLimits.from_env()
-    # Long polls parked without a task where nothing would be skipped (tarefa.http.held): not
-    # behind proxy headers (they rewrite the client an identity function may read) or trace logs.
-    held = None if proxy_headers or log_level == "trace" else HeldPolls.of(app)
+    # Long polls parked without a task, asynchronous calls past the middleware stack, where nothing
+    # would be skipped (tarefa.http.held): not behind proxy headers (they rewrite the client an
+    # identity function may read) or trace logs.
+    held = None if proxy_headers or log_level == "trace" else HeldPolls.of(app, limits.max_body)
     return uvicorn.Config(
         BodyLimitMiddleware(app, limits.max_body),
         host=host,

@@ -176,7 +176,8 @@ class JobFastPaths:
         await send({"type": "http.response.body", "body": b""})
 
 
-_DECLINED = "tarefa.fast_path_declined"
+#: Set in the scope of a request a fast route declined: the router passes it on to the route behind.
+DECLINED = "tarefa.fast_path_declined"
 
 
 class FastRoute(BaseRoute):
@@ -194,7 +195,7 @@ class FastRoute(BaseRoute):
         self.path_regex, self.path_format, self.param_convertors = compile_path(path)
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] != "http" or scope["method"] not in self.methods or scope.get(_DECLINED):
+        if scope["type"] != "http" or scope["method"] not in self.methods or scope.get(DECLINED):
             return Match.NONE, {}
         found = self.path_regex.match(scope.get("route_path") or get_route_path(scope))
         if found is None:
@@ -211,7 +212,7 @@ class FastRoute(BaseRoute):
         return self.fast(scope, receive, send, self._declined)
 
     async def _decline(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope[_DECLINED] = True
+        scope[DECLINED] = True
         await self.router(scope, receive, send)
 
 

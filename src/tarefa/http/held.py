@@ -25,6 +25,15 @@ goes through the app as before. What the layers do is done here as they do it:
   parameters set before the app's ``identity`` sees the request; then the fast route's own code
   (:func:`~tarefa.http.fastpath.read_params`, the per-user limit, :func:`~tarefa.http.fastpath.send_read`).
 
+Asynchronous calls (issue 11, W2) are taken the same way, for their CPU: a ``POST`` whose first
+matching route is an asynchronous route's fast route (:mod:`tarefa.http.asyncpath`), with a
+declared ``Content-Length`` within the server's body limit (a chunked body, or none, goes through
+the app), when the app has no ``max_body_size`` of FastAPI's own. :meth:`HeldPolls.direct` gives
+uvicorn's request cycle an ASGI app that does the layers' work above and runs the fast route's
+handler; a request the handler declines (another content type, a body that does not validate)
+goes on through every layer of the app to the route, with its body, as it does when served
+through the app.
+
 A client that goes away while its poll is parked ends the wait (and frees its place under the
 per-user limit) at once; graceful shutdown answers parked polls as it answers the others (the
 hub's ``close`` wakes them).
@@ -41,16 +50,17 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.routing import Match
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..jobs import ANYONE, JobNotFound, Viewer
 from ..logs import request_id_var
 from ..model import Job
 from ..waiting import HeldWait
 from .access import viewer_of
+from .asyncpath import _AsyncEndpoint
 from .errors import ApiError, RequestIdMiddleware, _SendWithId, ensure_request_id, send_error
-from .fastpath import FastRoute, JobFastPaths, Rendered, read_params, render_read, send_rendered
-from .limits import _body_framing, _control_character_in
+from .fastpath import DECLINED, FastRoute, JobFastPaths, Rendered, read_params, render_read, send_rendered
+from .limits import DEFAULT_MAX_BODY, _body_framing, _control_character_in
 from .routes import _refusal
 
 if TYPE_CHECKING:
@@ -63,15 +73,20 @@ log = logging.getLogger("tarefa.http")
 class HeldPolls:
     """Long polls of one app's mounted :class:`~tarefa.Tarefa`, parked by the server's protocol."""
 
-    def __init__(self, app: FastAPI, engine: Tarefa) -> None:
+    def __init__(self, app: FastAPI, engine: Tarefa, max_body: int = DEFAULT_MAX_BODY) -> None:
         self.app = app
         self.engine = engine
         self.prefix = f"{engine.jobs_href}/"
+        #: The body limit of the :class:`~tarefa.http.limits.BodyLimitMiddleware` the app is served in.
+        self.max_body = max_body
+        # FastAPI's own body limit (the app's ``max_body_size``) words its 413 in its layers.
+        self._calls = getattr(app, "max_body_size", None) is None
         self._last: tuple[Job, bool, frozenset[str] | None, Rendered] | None = None
 
     @classmethod
-    def of(cls, app: Any) -> HeldPolls | None:
-        """For ``app`` if its middleware is exactly tarefa's own (module doc), else None."""
+    def of(cls, app: Any, max_body: int = DEFAULT_MAX_BODY) -> HeldPolls | None:
+        """For ``app`` if its middleware is exactly tarefa's own (module doc), else None;
+        ``max_body``: the limit of the :class:`~tarefa.http.limits.BodyLimitMiddleware` around it."""
         from .mount import Tarefa
 
         engine = getattr(getattr(app, "state", None), "tarefa", None)
@@ -85,7 +100,7 @@ class HeldPolls:
         kind = type(app)
         if kind.__call__ is not FastAPI.__call__ or kind.build_middleware_stack is not FastAPI.build_middleware_stack:
             return None  # an app that serves its requests its own way
-        return cls(app, engine)
+        return cls(app, engine, max_body)
 
     def _telemetry_on(self, scope: Scope) -> bool:
         """FastAPI's own OpenTelemetry (a span per request once a provider is configured)."""
@@ -100,17 +115,56 @@ class HeldPolls:
             and scope["path"].startswith(self.prefix)
         )
 
-    def _route(self, scope: Scope) -> tuple[FastRoute, Scope] | None:
+    def _fast_route(self, scope: Scope) -> tuple[FastRoute, Scope] | None:
         """The fast route the app's router would hand this request to, and its child scope."""
         for route in self.app.router.routes:
             match, child = route.matches(scope)
             if isinstance(route, FastRoute) and match is Match.FULL:
-                fast: Any = route.fast
-                mine = getattr(fast, "__func__", None) is JobFastPaths.get_job and fast.__self__.engine is self.engine
-                return (route, child) if mine else None
+                return route, child
             if match is not Match.NONE:
                 return None
         return None
+
+    def _route(self, scope: Scope) -> tuple[FastRoute, Scope] | None:
+        """The long polls' fast route, if the app's router would hand this request to it."""
+        found = self._fast_route(scope)
+        if found is None:
+            return None
+        fast: Any = found[0].fast
+        mine = getattr(fast, "__func__", None) is JobFastPaths.get_job and fast.__self__.engine is self.engine
+        return found if mine else None
+
+    def direct(self, scope: Scope, app: ASGIApp) -> ASGIApp | None:
+        """For an asynchronous call (``POST`` to a route of :mod:`~tarefa.http.asyncpath`) with a
+        body of a declared length within the limit: the ASGI app that answers it without the
+        app's middleware stack (module doc); ``app`` (the app as served) takes what it declines.
+        None for any other request."""
+        if scope["method"] != "POST" or not self._calls:
+            return None
+        declared, framed = _body_framing(scope)
+        if framed or declared is None or not 0 <= declared <= self.max_body:
+            return None
+        if _control_character_in(scope) is not None or self._telemetry_on(scope):
+            return None
+        found = self._fast_route(scope)
+        if found is None or not isinstance(found[0].fast, _AsyncEndpoint) or found[0].fast.app is not self.app:
+            return None
+        return functools.partial(self._call, app, *found)
+
+    async def _call(self, app: ASGIApp, route: FastRoute, child: Scope, scope: Scope, receive: Receive,
+                    send: Send) -> None:  # fmt: skip
+        """An asynchronous call, as the app's layers would take it to its fast route."""
+        rid = ensure_request_id(scope)
+        request_id_var.set(rid)
+        scope["app"] = self.app
+        scope.setdefault("router", self.app.router)
+        scope["route"] = route
+        scope.update(child)
+        sender = _SendWithId(send, rid)
+        try:
+            await route.fast(scope, receive, sender, functools.partial(_through, app))
+        except Exception as exc:
+            await self._handle(exc, rid, scope, receive, sender)
 
     async def start(self, protocol: TimedHttpProtocol, cycle: Any, app: Any) -> None:
         """The request's task: answer it, park it, or hand it to ``app`` (uvicorn's ``run_asgi``)."""
@@ -217,6 +271,12 @@ class HeldPolls:
             if kind in handlers and kind is not Exception:
                 return handlers[kind]
         return None
+
+
+async def _through(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """A request the fast route declined: through ``app``'s layers to the route behind it."""
+    scope[DECLINED] = True
+    await app(scope, receive, send)
 
 
 class _Answer:

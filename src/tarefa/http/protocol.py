@@ -96,7 +96,7 @@ class _Pipeline(list):  # type: ignore[type-arg]
 def protocol_class(timeouts: ReadTimeouts, held: HeldPolls | None = None) -> type[TimedHttpProtocol]:
     """The protocol class for ``uvicorn.Config(http=...)``, with these timeouts; with ``held``
     (:meth:`HeldPolls.of <tarefa.http.held.HeldPolls.of>` the app), long polls are parked
-    without a task (:mod:`tarefa.http.held`)."""
+    without a task and asynchronous calls skip the app's middleware stack (:mod:`tarefa.http.held`)."""
     return type("TimedHttpProtocol", (TimedHttpProtocol,), {"timeouts": timeouts, "held": held})
 
 
@@ -133,13 +133,15 @@ class TimedHttpProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         held = self.held
-        if held is not None and app is self.app and held.takes(cycle.scope):
-            context = contextvars.Context() if self.config.reset_contextvars else None
-            task = self.loop.create_task(held.start(self, cycle, app), context=context)
-            task.add_done_callback(self.tasks.discard)
-            self.tasks.add(task)
-        else:
-            super()._start_asgi_task(cycle, app)
+        if held is not None and app is self.app:
+            if held.takes(cycle.scope):
+                context = contextvars.Context() if self.config.reset_contextvars else None
+                task = self.loop.create_task(held.start(self, cycle, app), context=context)
+                task.add_done_callback(self.tasks.discard)
+                self.tasks.add(task)
+                return
+            app = held.direct(cycle.scope, app) or app
+        super()._start_asgi_task(cycle, app)
 
     def start_answer(self, cycle: Any, app: Any) -> None:
         """Answer ``cycle`` with ``app`` in a new task, as uvicorn starts a request's."""

@@ -10,6 +10,11 @@ unwatched): its server CPU rate is the cost of running the jobs, and what a foll
 *beyond* it is the cost of waiting. Requests are counted after the submits. "While waiting" is the
 window from 25 % to 85 % of the jobs' length (every job submitted, nothing ending): server CPU
 beyond the unwatched rate in that window, and the following client's CPU, per second.
+
+CPU is the scheduler's count of each thread's time on a CPU (``/proc/<pid>/task/*/schedstat``,
+nanoseconds), not ``/proc/<pid>/stat``'s clock ticks: following one job costs a few ms in 60 s,
+less than one tick's 10 ms (the tick count is kept beside, ``cpu_ticks_s``, and used if a thread
+of the server started or ended during a phase).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.procs import Group, cpu_seconds
+from bench.procs import Group, thread_cpu_seconds
 from bench.stats import Metric, Row, Workload
 from bench.systems.base import DEV_PYTHON, Deployment, bench_env
 from bench.systems.tarefa_systems import TarefaEmbedded
@@ -42,8 +47,15 @@ METHODS = {
 WINDOW = (0.25, 0.85)  # "while waiting": this part of the jobs' length, after every submit
 
 
-def _sample(server: Group, client: int) -> tuple[float, float, float]:
-    return time.monotonic(), sum(cpu_seconds(pid) for pid in server.pids()), cpu_seconds(client)
+def _cpu(pids: list[int]) -> tuple[float, int]:
+    """CPU seconds of these processes' live threads, to the nanosecond, and how many threads."""
+    readings = [thread_cpu_seconds(pid) for pid in pids]
+    return sum(cpu for cpu, _ in readings), sum(threads for _, threads in readings)
+
+
+def _sample(server: Group, client: int) -> tuple[float, float, float, int]:
+    cpu, threads = _cpu(server.pids())
+    return time.monotonic(), cpu, _cpu([client])[0], threads
 
 
 def phase(deployment: Deployment, mode: str, interval: float, job: dict[str, Any], jobs: int) -> dict[str, float]:
@@ -52,6 +64,7 @@ def phase(deployment: Deployment, mode: str, interval: float, job: dict[str, Any
     server = deployment.groups[0]
     spec = {"url": deployment.options["urls"][0], "jobs": jobs, "mode": mode, "interval": interval, **job}
     server.begin()
+    at_start = _cpu(server.pids())
     started = time.monotonic()
     command = [DEV_PYTHON, "-m", "bench.clients.follow", json.dumps(spec)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=bench_env())
@@ -60,15 +73,20 @@ def phase(deployment: Deployment, mode: str, interval: float, job: dict[str, Any
     time.sleep(max(0.0, started + WINDOW[1] * job["seconds"] - time.monotonic()))
     last = _sample(server, proc.pid)
     out, err = proc.communicate(timeout=job["seconds"] * 3 + 120)
-    elapsed, cpu = time.monotonic() - started, server.usage().cpu_s
+    elapsed, ticks, at_end = time.monotonic() - started, server.usage().cpu_s, _cpu(server.pids())
+    # The scheduler's count (ns) where every thread lived through the phase, else clock ticks (10 ms).
+    precise = at_start[1] == at_end[1] == first[3] == last[3]
+    cpu = at_end[0] - at_start[0] if precise else ticks
+    if not precise:
+        log.warning("W6: the server's threads changed during the phase: its CPU in clock ticks")
     if proc.returncode != 0:
         raise RuntimeError(f"bench.clients.follow failed: {err[-1500:]}")
     outcome = json.loads(out.strip().splitlines()[-1])
     if mode != "none" and set(outcome["states"]) != {"success"}:
         raise RuntimeError(f"jobs did not all succeed: {set(outcome['states'])}")
     window = last[0] - first[0]
-    return {"cpu_s": cpu, "elapsed_s": elapsed, "requests": outcome["requests"],
-            "client_cpu_s": outcome["client_cpu_s"], "window_s": window,
+    return {"cpu_s": cpu, "cpu_ticks_s": ticks, "precise": precise, "elapsed_s": elapsed,
+            "requests": outcome["requests"], "client_cpu_s": outcome["client_cpu_s"], "window_s": window,
             "window_server_cpu_s": last[1] - first[1], "window_client_cpu_s": last[2] - first[2]}  # fmt: skip
 
 

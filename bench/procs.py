@@ -63,6 +63,25 @@ def cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
     return ticks / TICK
 
 
+def thread_cpu_seconds(pid: int) -> tuple[float, int]:
+    """CPU time of ``pid``'s live threads so far, to the nanosecond, and how many there are (0, 0
+    if it is gone): the scheduler's own count (``/proc/<pid>/task/*/schedstat``), where
+    :func:`cpu_seconds` counts clock ticks of 10 ms. A thread that has ended is not counted, so a
+    caller compares the thread counts of two readings."""
+    total, threads = 0, 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0.0, 0
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # ended between the listing and the reading
+        threads += 1
+    return total / 1e9, threads
+
+
 def memory_kb(pid: int, key: str = "VmHWM") -> int:
     """``VmHWM`` (peak resident set), ``VmRSS`` or ``Pss`` (resident set with each shared page
     divided among the processes that map it) of ``pid`` in KiB; 0 if it is gone."""

@@ -4,8 +4,9 @@ tarefa's ``AsyncClient`` uses it) and uvicorn (uvloop, httptools) with a raw ASG
 
     python -m bench.w4_floor [--callers 1000] [--seconds 3] [--runs 3]
 
-Prints per run: the wall time until every answer is in, the client's CPU, and when the requests reached
-the server (seconds after the callers started: the client's burst).
+Prints per run: the wall time until every answer is in, the client's CPU (from its first call on, imports
+left out, as ``bench.run``'s driver counts a client), the server's CPU while the client ran (``/proc``), their sum,
+and when the requests reached the server (seconds after the callers started: the client's burst).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import tempfile
 import time
 from typing import Any
 
-from bench.procs import free_port
+from bench.procs import cpu_seconds, free_port
 from bench.systems.base import DEV_PYTHON, bench_env
 
 
@@ -59,6 +60,7 @@ async def call(port: int, callers: int, seconds: float) -> dict[str, float]:
     import aiohttp
 
     url = f"http://127.0.0.1:{port}/api/sleep?return_timeout=120"
+    before = resource.getrusage(resource.RUSAGE_SELF)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         started = time.time()
 
@@ -69,7 +71,8 @@ async def call(port: int, callers: int, seconds: float) -> dict[str, float]:
 
         ends = await asyncio.gather(*(one() for _ in range(callers)))
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {"started": started, "wall_s": max(ends) - started, "client_cpu_s": usage.ru_utime + usage.ru_stime}
+    cpu = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
+    return {"started": started, "wall_s": max(ends) - started, "client_cpu_s": cpu}
 
 
 def main() -> None:
@@ -98,7 +101,9 @@ def main() -> None:
                 time.sleep(2)
                 client = [DEV_PYTHON, "-m", "bench.w4_floor", "--call", str(port), "--callers", str(args.callers),
                           *common]  # fmt: skip
+                server_before = cpu_seconds(server.pid)
                 done = subprocess.run(client, env=bench_env(), capture_output=True, text=True, check=True)
+                server_cpu = cpu_seconds(server.pid) - server_before
                 outcome = json.loads(done.stdout.strip().splitlines()[-1])
                 os.kill(server.pid, signal.SIGUSR1)
                 time.sleep(0.3)
@@ -109,6 +114,8 @@ def main() -> None:
                 server.wait()
         middle = arrivals[len(arrivals) // 2]
         print(json.dumps({"wall_s": round(outcome["wall_s"], 3), "client_cpu_s": round(outcome["client_cpu_s"], 2),
+                          "server_cpu_s": round(server_cpu, 2),
+                          "cpu_s": round(outcome["client_cpu_s"] + server_cpu, 2),
                           "arrivals_s": [round(arrivals[0], 3), round(middle, 3), round(arrivals[-1], 3)],
                           "load": os.getloadavg()[0]}), flush=True)  # fmt: skip
 

@@ -1,6 +1,7 @@
 """The embedded store's own machinery, on a real SQLite file: the checkpointer keeps the WAL short
 off the commit path (and SQLite's own checkpoint still bounds it when the checkpointer cannot keep
-up), and a write alone in its transaction that fails leaves nothing behind."""
+up), a write alone in its transaction that fails leaves nothing behind, and a key no job has is
+known new without a read."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tarefa.model import JobState, new_job, utcnow
-from tarefa.store import Outcome, StoreError
+from tarefa.store import Idempotency, IdempotencyMismatch, Outcome, StoreError
 from tarefa.store.base import Claim
 from tarefa.store.sqlite import WAL_CHECKPOINT_PAGES, WAL_SIZE_LIMIT, SQLiteStore
 from tarefa.store.sqlite_connection import CHECKPOINT_COMMITS
@@ -112,3 +113,44 @@ def test_the_store_latency_tool_measures_jobs() -> None:
     assert done.returncode == 0, done.stderr
     assert re.fullmatch(r"synchronous=full: 40 jobs, two commits each: p50 \d+ µs, p90 \d+ µs, p99 \d+ µs; "
                         r"\d+ µs CPU per job \(every thread\)\n", done.stdout), done.stdout  # fmt: skip
+
+
+async def test_a_new_key_is_known_new_without_a_read_and_a_seen_one_is_replayed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The filter of keys seen (tarefa.store.seen_keys) is built from the file at open and grows
+    with each keyed insert: a key no job has is answered without a read; every other one is read."""
+    path = tmp_path / "keys.db"
+    store = SQLiteStore(path)
+    await store.open()
+    key = Idempotency("key-1", "hash-1")
+    first = await store.create_job(new_job("thing.make", now=utcnow(), owner="ana"), idempotency=key)
+    await store.close()
+
+    store = SQLiteStore(path)  # a new process, as after a restart: the filter comes from the file
+    await store.open()
+    try:
+        reads: list[object] = []
+        read = store._read_inline
+
+        def counted(step: object) -> object:
+            reads.append(step)
+            return read(step)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "_read_inline", counted)
+        replayed = await store.replay_idempotent("ana", key)
+        assert replayed is not None and replayed.job.id == first.job.id and len(reads) == 1
+        with pytest.raises(IdempotencyMismatch):
+            await store.replay_idempotent("ana", Idempotency("key-1", "another request"))
+        assert len(reads) == 2
+        new = [await store.replay_idempotent(owner, Idempotency(f"new-{n}", "h")) for n in range(200) for owner in
+               ("ana", "bea")]  # fmt: skip
+        assert new == [None] * 400
+        assert len(reads) <= 2 + 4  # a false positive reads (0.2 % of new keys here)
+        # Another owner's key of the same name is not the same pair.
+        assert await store.replay_idempotent("bea", key) is None
+        second = await store.create_job(new_job("thing.make", now=utcnow(), owner="bea"), idempotency=key)
+        replayed = await store.replay_idempotent("bea", key)
+        assert replayed is not None and replayed.job.id == second.job.id
+    finally:
+        await store.close()

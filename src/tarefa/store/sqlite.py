@@ -35,6 +35,7 @@ from .columns import MUTABLE_COLUMNS, Codec, json_text
 from .documents import Documents
 from .jobstore import JobStore, replay_of
 from .outbox import CallbackAttempt, CallbackDelivery
+from .seen_keys import SeenKeys
 from .sqlite_connection import Checkpointer, ConnectionThread, Work, _as_store_error
 from .steps import Program, run
 
@@ -275,6 +276,7 @@ class SQLiteStore(JobStore, Documents):
         self._inline: sqlite3.Connection | None = None  # the event loop's own, for reads by id
         self._checkpointer: Checkpointer | None = None
         self._lock_fd: int | None = None
+        self._seen: SeenKeys | None = None  # the keys that may have a job (seen_keys), once open
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -303,6 +305,17 @@ class SQLiteStore(JobStore, Documents):
         await reader.started()
         self._writer, self._reader = writer, reader
         self._inline = self._connect_reader(busy_timeout=0)
+        # This process is the file's only writer (its lock): every keyed job is in this scan or
+        # goes through create_job from now on.
+        self._seen = await asyncio.to_thread(self._scan_keys)
+
+    def _scan_keys(self) -> SeenKeys:
+        conn = self._connect_reader()
+        try:
+            count = conn.execute(sql.COUNT_KEYED).fetchone()[0]
+            return SeenKeys.of(conn.execute(sql.SELECT_KEYS), count)
+        finally:
+            conn.close()
 
     async def upgrade(self) -> int:
         """Open (which migrates the schema) and tell the version."""
@@ -312,6 +325,7 @@ class SQLiteStore(JobStore, Documents):
     async def close(self) -> None:
         writer, reader, inline = self._writer, self._reader, self._inline
         self._writer = self._reader = self._inline = None
+        self._seen = None
         if inline is not None:
             inline.close()
         for thread in (writer, reader):
@@ -370,8 +384,16 @@ class SQLiteStore(JobStore, Documents):
             return await super().get_job(job_id, owner)  # the reader thread waits for it
         return found  # type: ignore[no-any-return]
 
+    async def create_job(self, job: Job, *, idempotency: Idempotency | None = None, **checks: Any) -> Created:
+        if idempotency is not None and self._seen is not None:
+            self._seen.add(str(job.owner), idempotency.key)  # before the insert commits (seen_keys)
+        return await super().create_job(job, idempotency=idempotency, **checks)
+
     async def replay_idempotent(self, owner: str, idempotency: Idempotency) -> Created | None:
-        # the lookup before every keyed call's endpoint: one indexed row, read here too
+        # the lookup before every keyed call's endpoint: none for a key no job has (nearly every
+        # call's), else one indexed row, read here too
+        if self._seen is not None and not self._seen.may_hold(str(owner), idempotency.key):
+            return None
         entry = self._read_inline(steps.LoadIdempotent(owner, idempotency.key))
         if entry is _BUSY_NOW:
             return await super().replay_idempotent(owner, idempotency)

@@ -112,6 +112,10 @@ SELECT_BY_IDEMPOTENCY = (
     f"SELECT {JOB_COLUMNS}, request_hash, answer_status FROM jobs WHERE owner = ? AND idempotency_key = ?"
 )
 
+# Every keyed job's pair, for the filter of keys seen (tarefa.store.seen_keys) at open.
+COUNT_KEYED = "SELECT count(*) FROM jobs WHERE idempotency_key IS NOT NULL"
+SELECT_KEYS = "SELECT owner, idempotency_key FROM jobs WHERE idempotency_key IS NOT NULL"
+
 SELECT_RESOURCE_HOLDER = "SELECT id FROM jobs WHERE resource_key = ? AND state IN ('queued', 'running')"
 
 # Without a conflict target, DO NOTHING covers the id, the idempotency key and the busy resource

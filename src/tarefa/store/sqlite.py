@@ -259,6 +259,12 @@ class Steps:
         )
 
 
+def _scan_keys(conn: sqlite3.Connection) -> tuple[SeenKeys, Sequence[JobChange]]:
+    """The filter of every keyed job's ``(owner, key)`` (:mod:`~tarefa.store.seen_keys`)."""
+    count = conn.execute(sql.COUNT_KEYED).fetchone()[0]
+    return SeenKeys.of(conn.execute(sql.SELECT_KEYS), count), ()
+
+
 class SQLiteStore(JobStore, Documents):
     """The embedded store. ``synchronous="full"`` (default) survives power loss; ``"normal"``
     is faster and survives a process crash, but may lose the last commits on power loss."""
@@ -307,15 +313,7 @@ class SQLiteStore(JobStore, Documents):
         self._inline = self._connect_reader(busy_timeout=0)
         # This process is the file's only writer (its lock): every keyed job is in this scan or
         # goes through create_job from now on.
-        self._seen = await asyncio.to_thread(self._scan_keys)
-
-    def _scan_keys(self) -> SeenKeys:
-        conn = self._connect_reader()
-        try:
-            count = conn.execute(sql.COUNT_KEYED).fetchone()[0]
-            return SeenKeys.of(conn.execute(sql.SELECT_KEYS), count)
-        finally:
-            conn.close()
+        self._seen = await reader.call(_scan_keys)
 
     async def upgrade(self) -> int:
         """Open (which migrates the schema) and tell the version."""

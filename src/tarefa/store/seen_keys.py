@@ -16,7 +16,6 @@ conflict check answers the second call as a replay: the filter only spares the r
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 
 PROBES = 4
@@ -44,17 +43,27 @@ class SeenKeys:
             seen.add(owner, key)
         return seen
 
-    def _positions(self, owner: str, key: str) -> list[int]:
-        digest = hashlib.blake2b(f"{owner}\x00{key}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        mask = self._mask
-        return [int.from_bytes(digest[i : i + 4], "little") & mask for i in range(0, 4 * PROBES, 4)]
+    def _start(self, owner: str, key: str) -> tuple[int, int]:
+        # Python's own hash of the pair (salted per process: the filter lives in this process
+        # only), split into a start and an odd step: PROBES positions by double hashing.
+        h = hash((owner, key)) & 0xFFFF_FFFF_FFFF_FFFF
+        return h, (h >> 32) | 1
 
     def add(self, owner: str, key: str) -> None:
-        bits = self._bits
-        for position in self._positions(owner, key):
+        bits, mask = self._bits, self._mask
+        h, step = self._start(owner, key)
+        for _ in range(PROBES):
+            position = h & mask
             bits[position >> 3] |= 1 << (position & 7)
+            h += step
 
     def may_hold(self, owner: str, key: str) -> bool:
         """False: no job of this store has this pair. True: it may (look it up)."""
-        bits = self._bits
-        return all(bits[position >> 3] & (1 << (position & 7)) for position in self._positions(owner, key))
+        bits, mask = self._bits, self._mask
+        h, step = self._start(owner, key)
+        for _ in range(PROBES):
+            position = h & mask
+            if not bits[position >> 3] & (1 << (position & 7)):
+                return False
+            h += step
+        return True

@@ -2,13 +2,15 @@
 does only what the path must (``bench/servers/floor_jobs.py``: raw ASGI on uvicorn, two durable
 group commits per job, the answer), each driven by the same client library in the same run.
 
-    python -m bench.floors [--rounds 3] [--w1 500] [--w2 3000]
+    python -m bench.floors [--rounds 3] [--w1 500] [--w2 3000] [--w3 200]
 
 Per round, alternating: a fresh ``tarefa serve --app bench.servers.tarefa_app:app`` on a SQLite
 file (synchronous=FULL) driven by ``tarefa.client.AsyncClient.run`` (one client, shared), and a
 fresh floor server driven by a bare ``aiohttp.ClientSession.post`` (one session, shared). W1: one
 caller, sequential; W2: 32 callers. Figures: jobs/s, latency p50, and the server's CPU per job
-(``/proc/<pid>/stat``). Prints a Markdown table of the medians; ``--json`` prints every round.
+(``/proc/<pid>/stat``). W3: 20 callers, jobs sleeping 0.2 s + a fixed jitter up to 0.1 s (as
+``bench.run``'s W3): notify latency, when the caller has the answer minus when the sleep ended.
+Prints Markdown tables of the medians; ``--json`` prints every round.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import tempfile
 import time
@@ -34,6 +37,7 @@ from bench.systems.tarefa_systems import APP, TAREFA, answers
 from tarefa.client import AsyncClient
 
 Call = Callable[[int], Awaitable[Any]]
+W3_CALLERS = 20
 
 
 @contextmanager
@@ -80,6 +84,22 @@ async def drive(call: Call, jobs: int, concurrency: int, pid: int) -> dict[str, 
             "server_cpu_ms_per_job": cpu / jobs * 1e3}  # fmt: skip
 
 
+async def notify(call: Callable[[float], Awaitable[float]], jobs: int, concurrency: int) -> dict[str, float]:
+    """W3: jobs sleeping 0.2 s + a jitter up to 0.1 s; when the caller has the answer minus when
+    the job's sleep ended (one clock), p50 and p99 (every job)."""
+    late: list[float] = []
+    indexes = iter(range(jobs))
+
+    async def caller() -> None:
+        for index in indexes:
+            ended = await call(0.2 + random.Random(index).uniform(0.0, 0.1))
+            late.append(time.time() - ended)
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    late.sort()
+    return {"notify_p50_ms": statistics.median(late) * 1e3, "notify_p99_ms": late[int(0.99 * (len(late) - 1))] * 1e3}
+
+
 async def on_tarefa(port: int, pid: int, jobs: int, concurrency: int) -> dict[str, float]:
     client = AsyncClient(f"http://127.0.0.1:{port}", retry_for=30)
     try:
@@ -88,6 +108,11 @@ async def on_tarefa(port: int, pid: int, jobs: int, concurrency: int) -> dict[st
             job = await client.run("POST", "/api/noop", {"i": i})
             assert job.result == {"i": i}, job
 
+        async def sleep(seconds: float) -> float:
+            return float((await client.run("POST", "/api/sleep", {"seconds": seconds})).result)
+
+        if concurrency == W3_CALLERS:
+            return await notify(sleep, jobs, concurrency)
         return await drive(call, jobs, concurrency, pid)
     finally:
         await client.aclose()
@@ -102,6 +127,12 @@ async def on_floor(port: int, pid: int, jobs: int, concurrency: int) -> dict[str
                 body = await answer.read()
             assert json.loads(body)["result"] == {"i": i}
 
+        async def sleep(seconds: float) -> float:
+            async with session.post("/", json={"seconds": seconds}) as answer:
+                return float(json.loads(await answer.read())["result"])
+
+        if concurrency == W3_CALLERS:
+            return await notify(sleep, jobs, concurrency)
         return await drive(call, jobs, concurrency, pid)
 
 
@@ -110,13 +141,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--w1", type=int, default=500)
     parser.add_argument("--w2", type=int, default=3000)
+    parser.add_argument("--w3", type=int, default=200, help="W3's jobs (0: no W3)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bench-floors-"))
     runs: dict[str, list[dict[str, float]]] = {}
     for _ in range(args.rounds):
         for name, server, drive_it in (("tarefa", tarefa_server, on_tarefa), ("floor", floor_server, on_floor)):
-            for workload, jobs, concurrency in (("W1", args.w1, 1), ("W2", args.w2, 32)):
+            for workload, jobs, concurrency in (("W1", args.w1, 1), ("W2", args.w2, 32), ("W3", args.w3, W3_CALLERS)):
+                if jobs == 0:
+                    continue
                 with server(workdir) as (port, pid):
                     figures = uvloop.run(drive_it(port, pid, jobs, concurrency))
                 runs.setdefault(f"{name} {workload}", []).append(figures)
@@ -128,7 +162,14 @@ def main(argv: list[str] | None = None) -> None:
     print("| | jobs/s | p50 ms | server CPU ms/job |")
     print("|---|---|---|---|")
     for key, f in medians.items():
-        print(f"| {key} | {f['jobs_per_s']:,.0f} | {f['p50_ms']:.2f} | {f['server_cpu_ms_per_job']:.3f} |")
+        if "jobs_per_s" in f:
+            print(f"| {key} | {f['jobs_per_s']:,.0f} | {f['p50_ms']:.2f} | {f['server_cpu_ms_per_job']:.3f} |")
+    print()
+    print("| | notify p50 ms | notify p99 ms |")
+    print("|---|---|---|")
+    for key, f in medians.items():
+        if "notify_p50_ms" in f:
+            print(f"| {key} | {f['notify_p50_ms']:.2f} | {f['notify_p99_ms']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -81,7 +81,6 @@ def ratio_bars(ax: Any, names: list[str], ratios: list[float], goal: float, titl
     ax.margins(x=0.25)
 
 
-
 def draw_ratios(ax_peer: Any, ax_pg: Any, results: dict[str, Any]) -> None:
     found = comparisons([Workload.from_dict(w) for w in results["workloads"]])
     peer = [(f"{c.headline.name} (vs {c.peer.label})", c.vs_peer) for c in found if c.vs_peer and c.peer]

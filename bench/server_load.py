@@ -67,7 +67,12 @@ class Caller:
 
 
 async def drive(
-    port: int, jobs: int, concurrency: int, flow: str, sleep: float = 0.0, lags: list[float] | None = None,
+    port: int,
+    jobs: int,
+    concurrency: int,
+    flow: str,
+    sleep: float = 0.0,
+    lags: list[float] | None = None,
     keys: bool = False,
 ) -> tuple[float, list[float], int]:
     latencies: list[float] = []

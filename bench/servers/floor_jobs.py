@@ -14,6 +14,7 @@ import queue
 import sqlite3
 import sys
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -87,10 +88,18 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     job_id = str(uuid.uuid4())
     await WRITER.write(job_id, "running")  # accepted and claimed: durable before the work runs
     result = orjson.loads(body) if body else {}
+    if "seconds" in result:  # W3's job: a sleep, answered with the time it ended
+        await asyncio.sleep(result["seconds"])
+        result = time.time()
     await WRITER.write(job_id, "success")
     data = orjson.dumps({"id": job_id, "state": "success", "result": result})
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": data})  # fmt: skip
 
 

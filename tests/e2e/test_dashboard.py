@@ -71,8 +71,9 @@ class Watched:
         return [url for url in self.urls if not (url.startswith(own) or url.startswith("data:"))]
 
 
-def submit(server: ServerProcess, name: str, address: str = "10.0.0.1") -> str:
-    response = httpx.post(f"{server.url}/api/hosts", json={"name": name, "address": address})
+def submit(server: ServerProcess, name: str, address: str = "10.0.0.1", http: httpx.Client | None = None) -> str:
+    post = httpx.post if http is None else http.post
+    response = post(f"{server.url}/api/hosts", json={"name": name, "address": address})
     assert response.status_code == 202, response.text
     job_id: str = response.json()["job"]["id"]
     return job_id
@@ -89,8 +90,9 @@ def test_the_list_follows_a_job_live(browser: Browser, dashboard_server: ServerP
     page = watched.page
     page.goto(f"{dashboard_server.url}/")
     page.wait_for_selector("#jobs")
-    started = time.monotonic()
-    job_id = submit(dashboard_server, "esx-01")
+    with httpx.Client() as http:  # made before the clock starts: its TLS setup is no part of the page's time
+        started = time.monotonic()
+        job_id = submit(dashboard_server, "esx-01", http=http)
     page.wait_for_selector(f'tr[data-job="{job_id}"]', timeout=5000)
     appeared = time.monotonic() - started
     assert appeared < 1.0, f"the job appeared after {appeared:.2f} s"

@@ -151,15 +151,21 @@ class HeldPolls:
             return None
         return functools.partial(self._call, app, *found)
 
-    async def _call(self, app: ASGIApp, route: FastRoute, child: Scope, scope: Scope, receive: Receive,
-                    send: Send) -> None:  # fmt: skip
-        """An asynchronous call, as the app's layers would take it to its fast route."""
+    def _enter(self, scope: Scope, route: FastRoute, child: Scope) -> str:
+        """What the layers set before the fast route runs (module doc): the request id (returned),
+        ``scope["app"]``, ``["router"]``, ``["route"]`` and the path parameters."""
         rid = ensure_request_id(scope)
         request_id_var.set(rid)
         scope["app"] = self.app
         scope.setdefault("router", self.app.router)
         scope["route"] = route
         scope.update(child)
+        return rid
+
+    async def _call(self, app: ASGIApp, route: FastRoute, child: Scope, scope: Scope, receive: Receive,
+                    send: Send) -> None:  # fmt: skip
+        """An asynchronous call, as the app's layers would take it to its fast route."""
+        rid = self._enter(scope, route, child)
         sender = _SendWithId(send, rid)
         try:
             await route.fast(scope, receive, sender, functools.partial(_through, app))
@@ -185,12 +191,7 @@ class HeldPolls:
         poll_timeout: int = read[0]
         baseline, selected = read[1], read[2]
         del found, read
-        rid = ensure_request_id(scope)
-        request_id_var.set(rid)
-        scope["app"] = self.app
-        scope.setdefault("router", self.app.router)
-        scope["route"] = route
-        scope.update(child)
+        rid = self._enter(scope, route, child)
         engine = self.engine
         job_id: str = scope["path_params"]["job_id"]
         answer: _Answer | None = None

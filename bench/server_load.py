@@ -39,6 +39,20 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
+def cpu_by_thread(pid: int) -> dict[str, float]:
+    """CPU seconds so far of each live thread of ``pid`` to the nanosecond
+    (``/proc/<pid>/task/*/schedstat``): the main thread's as ``main``, the others' by thread id."""
+    seconds: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        name = "main" if task.name == str(pid) else f"thread {task.name}"
+        try:
+            ns = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # ended between the listing and the reading
+        seconds[name] = seconds.get(name, 0.0) + ns / 1e9
+    return seconds
+
+
 class Caller:
     """One keep-alive connection; a request is written whole and its answer read by length."""
 
@@ -160,7 +174,7 @@ def main() -> int:
                 ))  # fmt: skip
             time.sleep(1.0)
         for _ in range(args.repeat):
-            cpu0 = cpu_seconds(pid)
+            cpu0, threads0 = cpu_seconds(pid), cpu_by_thread(pid)
             wcpu0 = cpu_seconds(worker) if worker else (0.0, 0.0)
             commits0 = postgres_commits(store)
             backends = Group("postgresql", find=f"postgres: .* {services.POSTGRES_DB} ")  # this run's backends
@@ -171,6 +185,7 @@ def main() -> int:
             )
             user, system = (b - a for a, b in zip(cpu0, cpu_seconds(pid), strict=True))
             cpu = user + system
+            threads = {name: s - threads0.get(name, 0.0) for name, s in cpu_by_thread(pid).items()}
             wcpu = sum(cpu_seconds(worker)) - sum(wcpu0) if worker else 0.0
             commits = postgres_commits(store) - commits0
             pg_cpu = backends.usage().cpu_s if commits else 0.0
@@ -184,6 +199,9 @@ def main() -> int:
                   f"{requests / args.jobs:.2f} requests/job, wall {wall:.2f} s{extra}"
                   + (f", end-to-answer p50 {statistics.median(lags) * 1000:.0f} ms, max {max(lags) * 1000:.0f} ms"
                      if lags else ""), flush=True)  # fmt: skip
+            print("  by thread, CPU ms/job: " + ", ".join(
+                f"{name} {s / args.jobs * 1000:.3f}" for name, s in sorted(threads.items(), key=lambda t: -t[1])
+                if s > 0), flush=True)  # fmt: skip
         for spy in spies:
             spy.send_signal(2)
         for spy in spies:

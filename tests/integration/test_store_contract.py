@@ -393,6 +393,31 @@ async def test_renewing_extends_only_the_leases_still_held(store: Store) -> None
     assert await store.get_job(theirs.id) == theirs
 
 
+async def test_after_a_renewal_the_version_kept_for_an_end_is_the_row(store: Store) -> None:
+    """The version a store keeps of a job it claimed (``_held``: its end is a write checked
+    against that version, with no read) follows a renewal of the lease; a lease renewed no
+    longer (the job was taken by another) is dropped, and an end begun during it keeps none."""
+    kept = await start_one(store, "kept")
+    ending = await start_one(store, "ending")
+    lost = await create(store, "lost", max_attempts=2)
+    await store.claim_jobs("w1", operations=["lost"], limit=1, lease_seconds=0.05)
+    await anyio.sleep(0.1)
+    assert [job.id for job in await store.recover_jobs(expired_only=True)] == [lost.id]
+    assert [job.id for job in await store.claim_jobs("w2", operations=["lost"], limit=1, lease_seconds=LEASE)] == [
+        lost.id
+    ]
+    finishing = asyncio.ensure_future(store.finish_job(ending.id, "w1", SUCCESS))
+    await asyncio.sleep(0)  # the end has begun (its kept version taken) before the renewal
+    renewed = await store.renew_leases("w1", [kept.id, lost.id, ending.id], 600.0)
+    done = await finishing
+    assert done is not None and done.state is JobState.SUCCESS and await store.get_job(ending.id) == done
+    assert renewed == {kept.id} and ending.id not in store._held and lost.id not in store._held
+    assert store._held[kept.id] == await store.get_job(kept.id)
+    ended = await store.finish_job(kept.id, "w1", SUCCESS)
+    assert ended is not None and ended.state is JobState.SUCCESS and await store.get_job(kept.id) == ended
+    assert kept.id not in store._held
+
+
 async def test_released_jobs_are_lost_at_once(store: Store) -> None:
     retry_safe = await start_one(store, "a", max_attempts=2)
     one_shot = await start_one(store, "b")

@@ -6,6 +6,8 @@ import base64
 import json
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from starlette.requests import Request
 
 from tarefa.http.errors import ApiError
@@ -18,6 +20,7 @@ from tarefa.http.params import (
     parse_fields,
     parse_order,
     parse_states,
+    query_pairs,
 )
 from tarefa.model import from_microseconds
 
@@ -139,3 +142,15 @@ def test_a_bad_idempotency_key_is_a_400_on_the_header(headers: list[tuple[bytes,
     with pytest.raises(ApiError) as caught:
         idempotency_key_from(request_with(*headers))
     assert (caught.value.status, caught.value.target) == (400, "Idempotency-Key")
+
+
+@given(st.text(alphabet="ab=&%+;2Fé \x00", max_size=30))
+@example("a=1&&b=&c&=d&a=2")
+@example("return_timeout=30")
+@example("q=%2B+x&r=a%3Db")
+def test_query_pairs_are_starlettes(text: str) -> None:
+    """The query's pairs are Starlette's (``request.query_params.multi_items()``), fast path or not."""
+    raw = text.encode("latin-1", "replace")
+    scope = {"type": "http", "query_string": raw}
+    assert query_pairs(scope) == Request({"type": "http", "query_string": raw}).query_params.multi_items()
+    assert query_pairs(scope) is query_pairs(scope)  # parsed once per request

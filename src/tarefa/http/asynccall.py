@@ -19,7 +19,6 @@ import hashlib
 import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import Depends, Request
@@ -34,7 +33,7 @@ from ..values import UnstorableValue
 from .access import viewer_of
 from .callbacks import CALLBACK_EVENTS, CALLBACK_URL, CALLBACK_URL_FORM, callback_of
 from .errors import ApiError
-from .params import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_FORM, ascii_integer, idempotency_key_from, invalid
+from .params import IDEMPOTENCY_KEY, IDEMPOTENCY_KEY_FORM, ascii_integer, idempotency_key_from, invalid, query_pairs
 from .wire import ErrorBody, JobEnvelope, etag, job_to_wire
 
 if TYPE_CHECKING:
@@ -186,9 +185,7 @@ async def _fingerprint(request: Request, key: str) -> Idempotency:
     path: str = scope["path"]
     if "?" in path or "#" in path or "\\" in path:  # escaped by Starlette's URL
         path = request.url.path
-    raw: bytes = scope.get("query_string", b"")
-    pairs = parse_qsl(raw.decode("latin-1"), keep_blank_values=True) if raw else []
-    query = sorted((k, v) for k, v in pairs if k != "return_timeout")
+    query = sorted((k, v) for k, v in query_pairs(scope) if k != "return_timeout")
     digest = hashlib.sha256(f"{scope['method']} {path}\n".encode())
     digest.update(repr(query).encode())
     digest.update(await request.body())
@@ -273,7 +270,7 @@ def return_timeout_from(request: Request) -> int:
     raw: bytes = request.scope.get("query_string", b"")
     if b"return_timeout" not in raw:
         return 0
-    values = [v for k, v in parse_qsl(raw.decode("latin-1"), keep_blank_values=True) if k == "return_timeout"]
+    values = [v for k, v in query_pairs(request.scope) if k == "return_timeout"]
     if not values:
         return 0
     try:

@@ -17,7 +17,6 @@ import re
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
 
 import orjson
 from starlette._utils import get_route_path
@@ -30,7 +29,7 @@ from ..model import Job
 from ..store import JobAlreadyTerminal, JobNotTerminal
 from .access import viewer_of
 from .errors import REQUEST_ID_HEADER, ApiError
-from .params import parse_baseline, parse_fields
+from .params import parse_baseline, parse_fields, query_pairs
 from .routes import _refusal, _translated
 from .wire import etag, job_to_wire
 
@@ -47,11 +46,10 @@ FastHandler = Callable[[Scope, Receive, Send, ASGIApp], Coroutine[Any, Any, None
 
 def _query(scope: Scope, known: frozenset[str]) -> dict[str, str] | None:
     """The known parameters of the query (decoded as Starlette does); None when one is repeated."""
-    raw: bytes = scope.get("query_string", b"")
-    if not raw:
+    if not scope.get("query_string"):
         return {}
     found: dict[str, str] = {}
-    for name, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
+    for name, value in query_pairs(scope):
         if name in known:
             if name in found:
                 return None

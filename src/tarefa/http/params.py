@@ -12,11 +12,13 @@ import binascii
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import Query
 from pydantic import AfterValidator, BeforeValidator
 from starlette.requests import Request
+from starlette.types import Scope
 
 from ..model import JobState, from_microseconds, parse_timestamp, to_microseconds
 from .errors import ApiError
@@ -31,6 +33,22 @@ _MIN_MICROS, _MAX_MICROS = (to_microseconds(limit.replace(tzinfo=UTC)) for limit
 IDEMPOTENCY_KEY = "Idempotency-Key"
 #: The documented form (printable ASCII); any printable UTF-8 text is taken too.
 IDEMPOTENCY_KEY_FORM = r"^[!-~]([ -~]{0,253}[!-~])?$"
+
+
+def query_pairs(scope: Scope) -> list[tuple[str, str]]:
+    """The query's ``(name, value)`` pairs, decoded as Starlette decodes ``request.query_params``
+    (``parse_qsl`` of the latin-1 text, blank values kept), parsed once per request (kept in the
+    scope). A query with no ``%`` or ``+`` (nearly every one) is split directly, to the same pairs."""
+    cached: list[tuple[str, str]] | None = scope.get("tarefa.query")
+    if cached is not None:
+        return cached
+    text = scope.get("query_string", b"").decode("latin-1")
+    if "%" in text or "+" in text:
+        pairs = parse_qsl(text, keep_blank_values=True)
+    else:
+        pairs = [(name, value) for name, _, value in (field.partition("=") for field in text.split("&") if field)]
+    scope["tarefa.query"] = pairs
+    return pairs
 
 
 def ascii_integer(value: Any) -> Any:

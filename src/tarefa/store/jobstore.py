@@ -242,7 +242,7 @@ class JobStore(ABC):
 
         For a job claimed here, the outcome is applied to the job as this store last saved it and
         written back only if the row is still that version (:class:`~.steps.SaveHeld`: no read);
-        if anything changed it since (a cancel request, a renewed lease), the full rule runs in
+        if anything changed it since (a cancel request, a lease taken over), the full rule runs in
         the same transaction: load the job, apply the outcome, save."""
         held = self._held.pop(job_id, None)
         return await self._write(lambda: _finish(job_id, worker, outcome, answer_status, held))
@@ -251,10 +251,16 @@ class JobStore(ABC):
         """Extend the leases ``worker`` still holds; returns the ids it still holds."""
         if not job_ids:
             return set()
-        for job_id in job_ids:  # their leases change: their end takes the full rule
-            self._held.pop(job_id, None)
         expires = model.utcnow() + timedelta(seconds=lease_seconds)
         held: set[str] = await self._write(lambda: _one(steps.RenewLeases(worker, tuple(job_ids), expires)))
+        for job_id in job_ids:  # the versions kept follow the rows, so a long job's end needs no read
+            job = self._held.get(job_id)  # absent if its end has begun meanwhile
+            if job is None:
+                continue
+            if job_id in held:  # an end that began before the renewal meets its check and takes the full rule
+                self._held[job_id] = model.evolve(job, lease_expires=expires)
+            else:
+                del self._held[job_id]
         return held
 
     async def release_jobs(self, worker: str, job_ids: Collection[str]) -> list[Job]:

@@ -6,9 +6,10 @@ group commits per job, the answer), each driven by the same client library in th
 
 Per round, alternating: a fresh ``tarefa serve --app bench.servers.tarefa_app:app`` on a SQLite
 file (synchronous=FULL) driven by ``tarefa.client.AsyncClient.run`` (one client, shared), and a
-fresh floor server driven by a bare ``aiohttp.ClientSession.post`` (one session, shared). W1: one
-caller, sequential; W2: 32 callers. Figures: jobs/s, latency p50, and the server's CPU per job
-(``/proc/<pid>/stat``). W3: 20 callers, jobs sleeping 0.2 s + a fixed jitter up to 0.1 s (as
+fresh floor server driven by a bare ``aiohttp.ClientSession.post`` (one session, shared); then, for
+the client's layer, tarefa's server again driven by a bare aiohttp session sending what ``run`` sends.
+W1: one caller, sequential; W2: 32 callers. Figures: jobs/s, latency p50, the server's CPU per job
+(``/proc/<pid>/stat``) and the client's (this process, ``getrusage``). W3: 20 callers, jobs sleeping 0.2 s + a fixed jitter up to 0.1 s (as
 ``bench.run``'s W3): notify latency, when the caller has the answer minus when the sleep ended.
 Prints Markdown tables of the medians; ``--json`` prints every round.
 """
@@ -19,15 +20,18 @@ import argparse
 import asyncio
 import json
 import random
+import resource
 import statistics
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import uvloop
 from bench.machine import load_average
 from bench.procs import cpu_seconds, free_port, port_open, start, stop, wait_for
@@ -77,11 +81,17 @@ async def drive(call: Call, jobs: int, concurrency: int, pid: int) -> dict[str, 
             await call(index)
             latencies.append(time.perf_counter() - started)
 
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    cpu0, own0, t0 = cpu_seconds(pid), own_cpu_seconds(), time.perf_counter()
     await asyncio.gather(*(caller() for _ in range(concurrency)))
-    wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+    wall, cpu, own = time.perf_counter() - t0, cpu_seconds(pid) - cpu0, own_cpu_seconds() - own0
     return {"jobs_per_s": jobs / wall, "p50_ms": statistics.median(latencies) * 1e3,
-            "server_cpu_ms_per_job": cpu / jobs * 1e3}  # fmt: skip
+            "server_cpu_ms_per_job": cpu / jobs * 1e3, "client_cpu_ms_per_job": own / jobs * 1e3}  # fmt: skip
+
+
+def own_cpu_seconds() -> float:
+    """This process's CPU so far (user + system, ``getrusage``): the client's."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def notify(call: Callable[[float], Awaitable[float]], jobs: int, concurrency: int) -> dict[str, float]:
@@ -118,6 +128,21 @@ async def on_tarefa(port: int, pid: int, jobs: int, concurrency: int) -> dict[st
         await client.aclose()
 
 
+async def on_tarefa_bare(port: int, pid: int, jobs: int, concurrency: int) -> dict[str, float]:
+    """tarefa's server driven by a bare aiohttp session sending what ``AsyncClient.run`` sends
+    (``return_timeout``, a new ``Idempotency-Key``, the JSON body): the floor of the client's layer."""
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", connector=connector) as session:
+
+        async def call(i: int) -> Any:
+            headers = {"Accept": "application/json", "Idempotency-Key": str(uuid.uuid4())}
+            async with session.post("/api/noop?return_timeout=120", json={"i": i}, headers=headers) as answer:
+                body = await answer.read()
+            assert answer.status == 200 and orjson.loads(body)["job"]["result"] == {"i": i}, body
+
+        return await drive(call, jobs, concurrency, pid)
+
+
 async def on_floor(port: int, pid: int, jobs: int, concurrency: int) -> dict[str, float]:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", connector=connector) as session:
@@ -147,9 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-floors-"))
     runs: dict[str, list[dict[str, float]]] = {}
     for _ in range(args.rounds):
-        for name, server, drive_it in (("tarefa", tarefa_server, on_tarefa), ("floor", floor_server, on_floor)):
+        systems = (("tarefa", tarefa_server, on_tarefa), ("floor", floor_server, on_floor),
+                   ("tarefa server, bare aiohttp client", tarefa_server, on_tarefa_bare))  # fmt: skip
+        for name, server, drive_it in systems:
             for workload, jobs, concurrency in (("W1", args.w1, 1), ("W2", args.w2, 32), ("W3", args.w3, W3_CALLERS)):
-                if jobs == 0:
+                if jobs == 0 or (drive_it is on_tarefa_bare and concurrency == W3_CALLERS):
                     continue
                 with server(workdir) as (port, pid):
                     figures = uvloop.run(drive_it(port, pid, jobs, concurrency))
@@ -159,11 +186,12 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"rounds": runs, "medians": medians, "load": load_average()}))
         return
     print(f"load average at the end: {load_average()}; medians of {args.rounds} rounds")
-    print("| | jobs/s | p50 ms | server CPU ms/job |")
-    print("|---|---|---|---|")
+    print("| | jobs/s | p50 ms | server CPU ms/job | client CPU ms/job |")
+    print("|---|---|---|---|---|")
     for key, f in medians.items():
         if "jobs_per_s" in f:
-            print(f"| {key} | {f['jobs_per_s']:,.0f} | {f['p50_ms']:.2f} | {f['server_cpu_ms_per_job']:.3f} |")
+            print(f"| {key} | {f['jobs_per_s']:,.0f} | {f['p50_ms']:.2f} | {f['server_cpu_ms_per_job']:.3f} "
+                  f"| {f['client_cpu_ms_per_job']:.3f} |")  # fmt: skip
     print()
     print("| | notify p50 ms | notify p99 ms |")
     print("|---|---|---|")

@@ -174,8 +174,9 @@ class Jobs:
         try:
             ended = await self.wait_until_terminal(viewer, job, timeout)
             if hold is not None and hold.state is HoldState.TAKEN:
-                # an end that records 200 is being stored: it decides
-                if await hold.attempt_settled() is HoldState.DONE:
+                # an end that records 200 is being stored: it decides (and, if the wait ran
+                # out first, the job as that end left it is read)
+                if await hold.attempt_settled() is HoldState.DONE and not ended.is_terminal:
                     ended = await self._current(viewer, job.id) or ended
             if not ended.is_terminal:
                 unknown = False

@@ -63,6 +63,8 @@ class Metrics:
         self._count_jobs = count_jobs
         self._counted_at = -float("inf")
         self._counting = asyncio.Lock()
+        self._queue_of: dict[str, Histogram] = {}
+        self._duration_of: dict[tuple[str, JobState], Histogram] = {}
         self._define(long_polls)
 
     def _define(self, long_polls: Callable[[], int]) -> None:
@@ -98,13 +100,19 @@ class Metrics:
     def job_started(self, job: Job) -> None:
         """A worker of this process started the job."""
         if job.start_time is not None:
-            self.job_queue.labels(job.operation).observe(_seconds(job.start_time - job.create_time))
+            queue = self._queue_of.get(job.operation)
+            if queue is None:  # the labelled series, looked up once per operation (not per job)
+                queue = self._queue_of[job.operation] = self.job_queue.labels(job.operation)
+            queue.observe(_seconds(job.start_time - job.create_time))
 
     def job_ended(self, job: Job) -> None:
         """A worker of this process ended the job."""
         if job.start_time is not None and job.end_time is not None:
-            seconds = _seconds(job.end_time - job.start_time)
-            self.job_duration.labels(job.operation, job.state.value).observe(seconds)
+            key = (job.operation, job.state)
+            duration = self._duration_of.get(key)
+            if duration is None:
+                duration = self._duration_of[key] = self.job_duration.labels(job.operation, job.state.value)
+            duration.observe(_seconds(job.end_time - job.start_time))
 
     def jobs_recovered(self, jobs: Sequence[Job]) -> None:
         """This process recovered these jobs from a lost worker."""

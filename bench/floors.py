@@ -9,8 +9,9 @@ file (synchronous=FULL) driven by ``tarefa.client.AsyncClient.run`` (one client,
 fresh floor server driven by a bare ``aiohttp.ClientSession.post`` (one session, shared); then, for
 the client's layer, tarefa's server again driven by a bare aiohttp session sending what ``run`` sends.
 W1: one caller, sequential; W2: 32 callers. Figures: jobs/s, latency p50, the server's CPU per job
-(``/proc/<pid>/stat``) and the client's (this process, ``getrusage``). W3: 20 callers, jobs sleeping 0.2 s + a fixed jitter up to 0.1 s (as
-``bench.run``'s W3): notify latency, when the caller has the answer minus when the sleep ended.
+(``/proc/<pid>/stat``) and the client's (this process, ``getrusage``). W3: 20 callers, jobs sleeping
+0.2 s + a fixed jitter up to 0.1 s (as ``bench.run``'s W3): notify latency, when the caller has the
+answer minus when the sleep ended.
 Prints Markdown tables of the medians; ``--json`` prints every round.
 """
 

@@ -70,6 +70,9 @@ def usage_notes(workload: Workload) -> list[str]:
             parts.append(f"**{row.details['errors']} errors** ({'; '.join(row.details.get('first_errors', []))})")
         parts += [f"{k.replace('_', ' ')} {fmt(v, 0 if float(v).is_integer() else 2)}" for k, v in row.details.items()
                   if k in ("requests", "answered", "all_waiting_after_s", "window_s", "loadgen_cpu_s")]  # fmt: skip
+        if row.details.get("rounds"):
+            each = ", ".join(f"{r['jobs_per_s']:,.0f} jobs/s p50 {r['p50_ms']:.1f} ms" for r in row.details["rounds"])
+            parts.append(f"rounds: {each} (the details above are the median round's)")
         if parts:
             notes.append(f"- {row.label}: " + "; ".join(parts))
     return notes

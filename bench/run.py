@@ -41,15 +41,15 @@ log = logging.getLogger("bench")
 
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
-        "W1": {"jobs": 500, "concurrency": 1, "budget_s": 30},
-        "W2": {"jobs": 3000, "concurrency": 32, "budget_s": 30},
+        "W1": {"jobs": 500, "concurrency": 1, "budget_s": 30, "rounds": 3},
+        "W2": {"jobs": 3000, "concurrency": 32, "budget_s": 30, "rounds": 3},
         "W3": {"jobs": 200, "concurrency": 20, "seconds": 0.2, "jitter": 0.1, "budget_s": 60},
         "W4": {"jobs": 1000, "concurrency": 1000, "seconds": 3.0, "budget_s": 60},
         "W5": {"polls": 10_000, "jobs": 100, "lead_s": 30},
         "W6": {"seconds": 60, "every": 5, "quiet_clients": 100},
     },
     "smoke": {
-        "W1": {"jobs": 20, "concurrency": 1, "budget_s": 2},
+        "W1": {"jobs": 20, "concurrency": 1, "budget_s": 2, "rounds": 2},
         "W2": {"jobs": 60, "concurrency": 8, "budget_s": 2},
         "W3": {"jobs": 10, "concurrency": 5, "seconds": 0.2, "jitter": 0.1, "budget_s": 3},
         "W4": {"jobs": 30, "concurrency": 30, "seconds": 1.0, "budget_s": 10},

@@ -2,7 +2,11 @@
 arrives, through the layers below tarefa — aiohttp's client (one shared session, no connection limit, as
 tarefa's ``AsyncClient`` uses it) and uvicorn (uvloop, httptools) with a raw ASGI handler.
 
-    python -m bench.w4_floor [--callers 1000] [--seconds 3] [--runs 3]
+    python -m bench.w4_floor [--callers 1000] [--seconds 3] [--runs 3] [--durable]
+
+With ``--durable`` the server is ``bench.servers.floor_jobs`` instead: each call is also two durable
+SQLite group commits (accepted and claimed, then finished) around its sleep, as tarefa's must be —
+the floor of W4 for a server that loses no job.
 
 Prints per run: the wall time until every answer is in, the client's CPU (from its first call on, imports
 left out, as ``bench.run``'s driver counts a client), the server's CPU while the client ran (``/proc``), their sum,
@@ -21,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.procs import cpu_seconds, free_port
@@ -80,6 +85,7 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--durable", action="store_true", help="two durable commits per call (floor_jobs)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--call", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--arrivals", help=argparse.SUPPRESS)
@@ -95,8 +101,10 @@ def main() -> None:
         port = free_port()
         with tempfile.NamedTemporaryFile(suffix=".json") as arrivals_file:
             common = ["--seconds", str(args.seconds), "--arrivals", arrivals_file.name]
-            server = subprocess.Popen([DEV_PYTHON, "-m", "bench.w4_floor", "--serve", str(port), *common],
-                                      env=bench_env())  # fmt: skip
+            serving = [DEV_PYTHON, "-m", "bench.w4_floor", "--serve", str(port), *common]
+            if args.durable:
+                serving = [DEV_PYTHON, "-m", "bench.servers.floor_jobs", str(port), arrivals_file.name + ".db"]
+            server = subprocess.Popen(serving, env=bench_env())
             try:
                 time.sleep(2)
                 client = [DEV_PYTHON, "-m", "bench.w4_floor", "--call", str(port), "--callers", str(args.callers),
@@ -105,13 +113,17 @@ def main() -> None:
                 done = subprocess.run(client, env=bench_env(), capture_output=True, text=True, check=True)
                 server_cpu = cpu_seconds(server.pid) - server_before
                 outcome = json.loads(done.stdout.strip().splitlines()[-1])
-                os.kill(server.pid, signal.SIGUSR1)
-                time.sleep(0.3)
-                with open(arrivals_file.name) as read:
-                    arrivals = sorted(at - outcome["started"] for at in json.load(read))
+                arrivals = [0.0]  # floor_jobs does not record them
+                if not args.durable:
+                    os.kill(server.pid, signal.SIGUSR1)
+                    time.sleep(0.3)
+                    with open(arrivals_file.name) as read:
+                        arrivals = sorted(at - outcome["started"] for at in json.load(read))
             finally:
                 server.terminate()
                 server.wait()
+                for suffix in (".db", ".db-wal", ".db-shm"):
+                    Path(arrivals_file.name + suffix).unlink(missing_ok=True)
         middle = arrivals[len(arrivals) // 2]
         print(json.dumps({"wall_s": round(outcome["wall_s"], 3), "client_cpu_s": round(outcome["client_cpu_s"], 2),
                           "server_cpu_s": round(server_cpu, 2),

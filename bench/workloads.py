@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -69,26 +70,57 @@ def details_of(batch: Batch) -> dict[str, Any]:
 
 
 def run_rows(systems: Sequence[System], workdir: Path, params: dict[str, Any]) -> list[Row]:
+    """Each system's row. With ``rounds`` > 1 every system runs that many times, the systems in
+    turn round after round (a drift of the machine falls on all of them), and each figure is the
+    median of the rounds; the details under the table are the median round's (by jobs/s)."""
+    rounds = params.get("rounds", 1)
+    done: dict[str, list[tuple[dict[str, float | None], dict[str, Any]]]] = {s.key: [] for s in systems}
+    failed: dict[str, str] = {}
+    for index in range(rounds):
+        for system in systems:
+            if system.key in failed:
+                continue
+            try:
+                batch = submit_and_wait(
+                    system,
+                    workdir,
+                    jobs=params["jobs"],
+                    concurrency=params["concurrency"],
+                    body=body_of(params),
+                    budget_s=params["budget_s"],
+                )
+            except Exception as exc:
+                log.exception("%s failed", system.key)
+                failed[system.key] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+                continue
+            figures = base_figures(batch)
+            done[system.key].append((figures, details_of(batch)))
+            of = f" (round {index + 1} of {rounds})" if rounds > 1 else ""
+            log.info("  %-20s %s%s", system.key, _summary(figures), of)
     rows = []
     for system in systems:
-        row = Row(system.key, system.label, system.family)
-        try:
-            batch = submit_and_wait(
-                system,
-                workdir,
-                jobs=params["jobs"],
-                concurrency=params["concurrency"],
-                body=body_of(params),
-                budget_s=params["budget_s"],
-            )
-        except Exception as exc:
-            log.exception("%s failed", system.key)
-            row.unavailable = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
-        else:
-            row.figures, row.details = base_figures(batch), details_of(batch)
-            log.info("  %-20s %s", system.key, _summary(row.figures))
+        row = Row(system.key, system.label, system.family, unavailable=failed.get(system.key))
+        if row.unavailable is None:
+            row.figures, row.details = _medians(done[system.key])
         rows.append(row)
     return rows
+
+
+def _medians(
+    rounds: list[tuple[dict[str, float | None], dict[str, Any]]],
+) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """Each figure's median over the rounds, and the details of the round of median jobs/s (with
+    every round's headline figures when there are several)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    figures: dict[str, float | None] = {}
+    for name in rounds[0][0]:
+        values = [f[name] for f, _ in rounds if f[name] is not None]
+        figures[name] = statistics.median(values) if values else None
+    ranked = sorted(rounds, key=lambda r: r[0]["jobs_per_s"] or 0.0)
+    details = dict(ranked[len(ranked) // 2][1])
+    details["rounds"] = [{k: f[k] for k in ("jobs_per_s", "p50_ms", "cpu_ms_per_job")} for f, _ in rounds]
+    return figures, details
 
 
 def _summary(figures: dict[str, float | None]) -> str:
@@ -112,6 +144,9 @@ def batch_workload(key: str, systems: Sequence[System], workdir: Path, params: d
     title, metrics, what = WORKLOADS[key]
     setup = (f"{params['jobs']:,} {what.format(**params)}, {params['concurrency']:,} caller(s) at once; "
              f"a caller starts no new job after {params['budget_s']:g} s")  # fmt: skip
+    if params.get("rounds", 1) > 1:
+        setup += (f"; {params['rounds']} rounds, the systems in turn in each, every figure the median of "
+                  "its system's rounds")  # fmt: skip
     workload = Workload(key, title.format(**params), setup, metrics)
     workload.rows = run_rows(systems, workdir, params)
     return workload

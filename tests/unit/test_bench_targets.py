@@ -43,3 +43,18 @@ def test_a_figure_no_peer_measured_has_no_ratio() -> None:
     (only,) = comparisons([w2])
     assert only.peer is None and only.vs_peer is None and only.pg_share is None
     assert f"| W2 jobs/s ↑ | 3,200.00 | {DASH} | {DASH} | {DASH} | {DASH} |" in "\n".join(best_peers([w2]))
+
+
+def test_rounds_give_each_figure_its_median_and_the_median_rounds_details() -> None:
+    from bench.workloads import _medians
+
+    rounds = [
+        ({"jobs_per_s": 100.0, "p50_ms": 9.0, "cpu_ms_per_job": 5.0, "notify_p50_ms": None}, {"jobs_done": 1}),
+        ({"jobs_per_s": 300.0, "p50_ms": 3.0, "cpu_ms_per_job": 4.0, "notify_p50_ms": None}, {"jobs_done": 3}),
+        ({"jobs_per_s": 200.0, "p50_ms": 4.0, "cpu_ms_per_job": 6.0, "notify_p50_ms": None}, {"jobs_done": 2}),
+    ]
+    figures, details = _medians(rounds)
+    assert figures == {"jobs_per_s": 200.0, "p50_ms": 4.0, "cpu_ms_per_job": 5.0, "notify_p50_ms": None}
+    assert details["jobs_done"] == 2  # the round of median jobs/s
+    assert [r["jobs_per_s"] for r in details["rounds"]] == [100.0, 300.0, 200.0]
+    assert _medians(rounds[:1]) == rounds[0]  # one round: as it is

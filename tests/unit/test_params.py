@@ -154,3 +154,5 @@ def test_query_pairs_are_starlettes(text: str) -> None:
     scope = {"type": "http", "query_string": raw}
     assert query_pairs(scope) == Request({"type": "http", "query_string": raw}).query_params.multi_items()
     assert query_pairs(scope) is query_pairs(scope)  # parsed once per request
+    scope["query_string"] = raw + b"&x=1"  # a layer gave the request another query: parsed again
+    assert query_pairs(scope) == Request(dict(scope)).query_params.multi_items()

@@ -38,16 +38,18 @@ IDEMPOTENCY_KEY_FORM = r"^[!-~]([ -~]{0,253}[!-~])?$"
 def query_pairs(scope: Scope) -> list[tuple[str, str]]:
     """The query's ``(name, value)`` pairs, decoded as Starlette decodes ``request.query_params``
     (``parse_qsl`` of the latin-1 text, blank values kept), parsed once per request (kept in the
-    scope). A query with no ``%`` or ``+`` (nearly every one) is split directly, to the same pairs."""
-    cached: list[tuple[str, str]] | None = scope.get("tarefa.query")
-    if cached is not None:
-        return cached
-    text = scope.get("query_string", b"").decode("latin-1")
+    scope with the bytes they came from: a layer that gives the scope another query is parsed
+    again). A query with no ``%`` or ``+`` (nearly every one) is split directly, to the same pairs."""
+    raw: bytes = scope.get("query_string", b"")
+    cached: tuple[bytes, list[tuple[str, str]]] | None = scope.get("tarefa.query")
+    if cached is not None and cached[0] is raw:
+        return cached[1]
+    text = raw.decode("latin-1")
     if "%" in text or "+" in text:
         pairs = parse_qsl(text, keep_blank_values=True)
     else:
         pairs = [(name, value) for name, _, value in (field.partition("=") for field in text.split("&") if field)]
-    scope["tarefa.query"] = pairs
+    scope["tarefa.query"] = (raw, pairs)
     return pairs
 
 

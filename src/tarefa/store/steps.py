@@ -132,7 +132,7 @@ class SaveJobs:
 @dataclass(frozen=True, slots=True)
 class SaveHeld:
     """→ ``JobEvent | None``: write ``job`` (a change of the running job ``held``, as this process
-    last saved it) back with a new event, only if the row is still ``held``: running, same lease
+    last saved or renewed it) back with a new event, only if the row is still ``held``: running, same lease
     holder and expiry, same ``last_modified``; None (nothing written) if anything changed it.
     With ``answer_status``, that status of the job's first answer too (:class:`SetAnswerStatus`)."""
 

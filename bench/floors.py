@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import random
-import resource
 import statistics
 import tempfile
 import time
@@ -35,7 +34,7 @@ import aiohttp
 import orjson
 import uvloop
 from bench.machine import load_average
-from bench.procs import cpu_seconds, free_port, port_open, start, stop, wait_for
+from bench.procs import cpu_seconds, free_port, own_cpu_seconds, port_open, start, stop, wait_for
 from bench.systems.base import DEV_PYTHON, bench_env
 from bench.systems.tarefa_systems import APP, TAREFA, answers
 
@@ -87,12 +86,6 @@ async def drive(call: Call, jobs: int, concurrency: int, pid: int) -> dict[str, 
     wall, cpu, own = time.perf_counter() - t0, cpu_seconds(pid) - cpu0, own_cpu_seconds() - own0
     return {"jobs_per_s": jobs / wall, "p50_ms": statistics.median(latencies) * 1e3,
             "server_cpu_ms_per_job": cpu / jobs * 1e3, "client_cpu_ms_per_job": own / jobs * 1e3}  # fmt: skip
-
-
-def own_cpu_seconds() -> float:
-    """This process's CPU so far (user + system, ``getrusage``): the client's."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 async def notify(call: Callable[[float], Awaitable[float]], jobs: int, concurrency: int) -> dict[str, float]:

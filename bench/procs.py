@@ -68,18 +68,30 @@ def thread_cpu_seconds(pid: int) -> tuple[float, int]:
     if it is gone): the scheduler's own count (``/proc/<pid>/task/*/schedstat``), where
     :func:`cpu_seconds` counts clock ticks of 10 ms. A thread that has ended is not counted, so a
     caller compares the thread counts of two readings."""
-    total, threads = 0, 0
+    threads = cpu_by_thread(pid)
+    return sum(threads.values()), len(threads)
+
+
+def own_cpu_seconds() -> float:
+    """This process's CPU so far, user + system (``getrusage``)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_by_thread(pid: int) -> dict[int, float]:
+    """CPU seconds so far of each live thread of ``pid`` by thread id, to the nanosecond
+    (``/proc/<pid>/task/*/schedstat``); empty if it is gone."""
+    seconds: dict[int, float] = {}
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
-        return 0.0, 0
+        return seconds
     for task in tasks:
         try:
-            total += int((task / "schedstat").read_text().split()[0])
+            seconds[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
         except (OSError, ValueError, IndexError):
             continue  # ended between the listing and the reading
-        threads += 1
-    return total / 1e9, threads
+    return seconds
 
 
 def memory_kb(pid: int, key: str = "VmHWM") -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import orjson
 from bench import services
-from bench.procs import Group, raise_fd_limit
+from bench.procs import Group, cpu_by_thread, raise_fd_limit
 from bench.systems.tarefa_systems import serve, work
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -37,20 +37,6 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds of the process and all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) / TICKS, int(fields[12]) / TICKS
-
-
-def cpu_by_thread(pid: int) -> dict[str, float]:
-    """CPU seconds so far of each live thread of ``pid`` to the nanosecond
-    (``/proc/<pid>/task/*/schedstat``): the main thread's as ``main``, the others' by thread id."""
-    seconds: dict[str, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        name = "main" if task.name == str(pid) else f"thread {task.name}"
-        try:
-            ns = int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue  # ended between the listing and the reading
-        seconds[name] = seconds.get(name, 0.0) + ns / 1e9
-    return seconds
 
 
 class Caller:
@@ -185,7 +171,8 @@ def main() -> int:
             )
             user, system = (b - a for a, b in zip(cpu0, cpu_seconds(pid), strict=True))
             cpu = user + system
-            threads = {name: s - threads0.get(name, 0.0) for name, s in cpu_by_thread(pid).items()}
+            threads = {("main" if tid == pid else f"thread {tid}"): s - threads0.get(tid, 0.0)
+                       for tid, s in cpu_by_thread(pid).items()}  # fmt: skip
             wcpu = sum(cpu_seconds(worker)) - sum(wcpu0) if worker else 0.0
             commits = postgres_commits(store) - commits0
             pg_cpu = backends.usage().cpu_s if commits else 0.0

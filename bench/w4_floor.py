@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.procs import cpu_seconds, free_port
+from bench.procs import cpu_seconds, free_port, own_cpu_seconds
 from bench.systems.base import DEV_PYTHON, bench_env
 
 
@@ -65,7 +65,7 @@ async def call(port: int, callers: int, seconds: float) -> dict[str, float]:
     import aiohttp
 
     url = f"http://127.0.0.1:{port}/api/sleep?return_timeout=120"
-    before = resource.getrusage(resource.RUSAGE_SELF)
+    before = own_cpu_seconds()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         started = time.time()
 
@@ -75,8 +75,7 @@ async def call(port: int, callers: int, seconds: float) -> dict[str, float]:
             return time.time()
 
         ends = await asyncio.gather(*(one() for _ in range(callers)))
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
+    cpu = own_cpu_seconds() - before
     return {"started": started, "wall_s": max(ends) - started, "client_cpu_s": cpu}
 
 

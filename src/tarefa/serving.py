@@ -26,10 +26,10 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 from fastapi import FastAPI
@@ -42,7 +42,9 @@ from .logs import configure_logging
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 log = logging.getLogger("tarefa.serving")
+T = TypeVar("T")
 _FD_DIR = "/proc/self/fd"
+_FD_LISTED = sys.platform != "win32" and os.path.isdir(_FD_DIR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +82,40 @@ class GracefulServer(uvicorn.Server):
     """A uvicorn server that answers long polls at once when asked to stop."""
 
     def __init__(self, config: uvicorn.Config, tarefa: Tarefa | None) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._should_exit = False
         super().__init__(config)
         self.tarefa = tarefa
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connections = self.server_state.connections = _Connections()
+
+    @property
+    def should_exit(self) -> bool:
+        """uvicorn's flag, set by a signal (or by uvicorn itself); setting it wakes :meth:`main_loop`."""
+        return self._should_exit
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self._should_exit = value
+        if value and self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    async def main_loop(self) -> None:
+        """Wait until told to stop. uvicorn's own loop wakes every 0.1 s, idle or not, to see
+        whether it should stop and to make the date header again (10 wakes a second: ~2.3 ms of
+        CPU a second here, issue 11 W6); the protocol makes the date header itself
+        (:class:`~tarefa.http.protocol.DateClock`). With uvicorn's request limit or its notify
+        callback (a supervisor's), uvicorn's loop runs: they need its tick."""
+        if self.config.limit_max_requests is not None or self.config.callback_notify is not None:
+            await super().main_loop()
+            return
+        self._stop = asyncio.Event()
+        if not await self.on_tick(0):  # the first date header, and a stop asked for during startup
+            await self._stop.wait()
 
     async def serve(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
-        watch = asyncio.create_task(_watch_descriptors(), name="tarefa-descriptors")
+        watch = asyncio.create_task(_watch_descriptors(self._connections), name="tarefa-descriptors")
         try:
             await super().serve(sockets)
         finally:
@@ -165,29 +194,69 @@ def open_descriptors() -> int:
     return size if size > 0 else len(os.listdir(_FD_DIR))
 
 
-async def _watch_descriptors(every: float = 1.0, quiet: float = 10.0) -> None:
-    """Log (at most once per ``quiet`` seconds) while descriptors are all but used up: the server
-    then refuses new connections (EMFILE on accept), which the event loop does without a word."""
-    if sys.platform == "win32" or not os.path.isdir(_FD_DIR):
-        return
+def descriptor_use() -> tuple[int, int, bool]:
+    """``(used, limit, crowded)``: this process's open descriptors, its soft limit, and whether
+    so few are left (1 %, at least 4) that new connections may soon be refused."""
     import resource
 
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    try:
+        used = open_descriptors()
+    except OSError:  # EMFILE: not even one descriptor left to list them
+        used = limit
+    return used, limit, used >= limit - max(4, limit // 100)
+
+
+class _Connections(set):  # type: ignore[type-arg]
+    """uvicorn's set of open connections (each protocol adds itself as it opens), which counts
+    the descriptors as each connection opens (~4 µs) and says when they run short: no timer
+    looks at them while they do not (each wake of an idle process cost ~0.2 ms of CPU here)."""
+
+    __slots__ = ("crowded",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crowded = asyncio.Event()
+
+    def add(self, connection: Any) -> None:
+        super().add(connection)
+        if not self.crowded.is_set() and _FD_LISTED and descriptor_use()[2]:
+            self.crowded.set()
+
+
+async def _watch_descriptors(connections: _Connections, every: float = 1.0, quiet: float = 10.0) -> None:
+    """Log (at most once per ``quiet`` seconds) while descriptors are all but used up: the server
+    then refuses new connections (EMFILE on accept), which the event loop does without a word.
+    It sleeps until a connection opens with few descriptors left, then looks every ``every``
+    seconds until enough are free again."""
+    if not _FD_LISTED:
+        return
     last = -quiet
     while True:
-        await asyncio.sleep(every)
-        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        try:
-            used = open_descriptors()
-        except OSError:  # EMFILE: not even one descriptor left to list them
-            used = limit
-        if used >= limit - max(4, limit // 100) and time.monotonic() - last >= quiet:
+        await connections.crowded.wait()
+        used, limit, crowded = descriptor_use()
+        if crowded and time.monotonic() - last >= quiet:
             last = time.monotonic()
             log.warning("file descriptors: %d of %d in use; new connections are refused (EMFILE) until some "
                         "close: raise the limit (ulimit -n) or lower the load", used, limit)  # fmt: skip
+        await asyncio.sleep(every)
+        if not descriptor_use()[2]:
+            connections.crowded.clear()
 
 
 def _has_uvloop() -> bool:
     return importlib.util.find_spec("uvloop") is not None
+
+
+def run_on_fastest_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on uvloop where it is installed (as :func:`run` serves): a worker's
+    every store call waits on a socket, and uvloop's readers cost a fraction of the selector's."""
+    if not _has_uvloop():
+        return asyncio.run(main)
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def run(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8080, access_log: bool = False,

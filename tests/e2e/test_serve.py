@@ -7,6 +7,7 @@ log (fsync'd) so that the test can count how many times each job ran, even acros
 
 from __future__ import annotations
 
+import email.utils
 import os
 import re
 import signal
@@ -288,6 +289,41 @@ def test_serve_app_keeps_its_own_grace_period_unless_grace_is_given(
         except subprocess.TimeoutExpired:
             pytest.fail("SIGTERM: still stopping after 10 s, not after the application's 1.5 s grace period")
     assert time.monotonic() - signalled < 1.5 + 6.0
+
+
+# -- an idle server sleeps; the date header is the answer's second --------------------------
+
+
+def _main_thread_wakes(pid: int) -> int:
+    """How many times the process's main thread has blocked and woken (voluntary switches)."""
+    status = Path(f"/proc/{pid}/task/{pid}/status").read_text()
+    return int(re.search(r"voluntary_ctxt_switches:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_an_idle_server_does_not_wake_and_its_date_header_is_never_stale(start_server: StartServer) -> None:
+    server = start_server()
+    assert server.proc is not None
+    with client_for(server) as client:
+        client.get("/healthz")
+    time.sleep(1.5)  # the descriptor watcher's look after the last connection closed
+    before = _main_thread_wakes(server.proc.pid)
+    time.sleep(4.0)
+    woke = _main_thread_wakes(server.proc.pid) - before
+    # uvicorn's loop woke 10 times a second (40 here) and the descriptor watcher once (4); left:
+    # at most one safety-net poll of the callback dispatcher (every 5 s), a few wakes each.
+    assert woke <= 8, f"the idle server's main thread woke {woke} times in 4 s"
+    with client_for(server) as client:
+        for _ in range(6):  # across several second boundaries
+            before_s = time.time()
+            answer = client.get("/healthz")
+            after_s = time.time()
+            stamp = email.utils.parsedate_to_datetime(answer.headers["date"]).timestamp()
+            assert int(before_s) <= stamp <= after_s, (before_s, answer.headers["date"], after_s)
+            time.sleep(0.35)
+    asked = time.monotonic()
+    assert server.terminate() in (0, -signal.SIGTERM)
+    assert time.monotonic() - asked < 5, "a signal no longer stops the sleeping server at once"
 
 
 # -- long polls ----------------------------------------------------------------------------

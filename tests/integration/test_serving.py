@@ -3,6 +3,7 @@ the app's startup heap out of the collector's full passes; on a real socket and 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import socket
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from api_app import build_app
 from starlette.middleware.gzip import GZipMiddleware
 
-from tarefa.serving import GracefulServer, open_descriptors, server_config, tarefa_of
+from tarefa.serving import GracefulServer, open_descriptors, run_on_fastest_loop, server_config, tarefa_of
 
 pytestmark = pytest.mark.anyio
 
@@ -54,3 +55,10 @@ def test_open_descriptors_counts_this_processs_descriptors() -> None:
         for file in files:
             file.close()
     assert open_descriptors() == before
+
+
+def test_a_worker_runs_on_uvloop_where_it_is_installed() -> None:
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert run_on_fastest_loop(loop_module()).startswith("uvloop")

@@ -186,6 +186,7 @@ def worker(
     callback_backoff: CallbackBackoffOption = None,
 ) -> None:
     """Run jobs without serving HTTP (several machines share one PostgreSQL store)."""
+    from ..serving import run_on_fastest_loop
     from ..store import StoreError
 
     load_users(users)  # checked now: the worker's HTTP surface (metrics) signs in with it
@@ -195,7 +196,7 @@ def worker(
     _check_store(tarefa)
     _configure_logging(log_format, log_level)
     try:
-        asyncio.run(_work_until_signal(tarefa, metrics_port))
+        run_on_fastest_loop(_work_until_signal(tarefa, metrics_port))
     except StoreError as exc:
         _fail(str(exc))
 

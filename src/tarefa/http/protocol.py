@@ -14,6 +14,10 @@ and an :class:`asyncio.Event` for write flow control, and each request another `
 future at most, made only when someone waits) instead: the same behaviour, ~2 KB less per
 connection.
 
+The ``date`` header is made again when a request arrives in a new second (:class:`DateClock`),
+not by a timer: it is never stale, and an idle server has nothing to wake for
+(:class:`tarefa.serving.GracefulServer` does not run uvicorn's 0.1 s tick).
+
 Use it with ``uvicorn.Config(http=protocol_class(ReadTimeouts(...)))``.
 """
 
@@ -21,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -84,6 +90,23 @@ class _Event:
                 self._waiters = None
 
 
+class DateClock:
+    """The second the ``date`` header of one server's answers was made for. uvicorn makes it on
+    its 0.1 s tick, so it may be a second old; here the first request of each new second makes
+    it (``formatdate``, once a second), and the others compare two integers."""
+
+    __slots__ = ("second",)
+
+    def __init__(self) -> None:
+        self.second = -1
+
+    def turn(self, now: float, state: Any, config: Any) -> None:
+        """Make ``state.default_headers`` (uvicorn's, read by each new request) for ``now``."""
+        self.second = int(now)
+        date = [(b"date", formatdate(now, usegmt=True).encode())] if config.date_header else []
+        state.default_headers = date + config.encoded_headers
+
+
 class _Pipeline(list):  # type: ignore[type-arg]
     """uvicorn's pipelined requests (it uses ``appendleft``, ``pop`` and truth) in a list."""
 
@@ -97,7 +120,8 @@ def protocol_class(timeouts: ReadTimeouts, held: HeldPolls | None = None) -> typ
     """The protocol class for ``uvicorn.Config(http=...)``, with these timeouts; with ``held``
     (:meth:`HeldPolls.of <tarefa.http.held.HeldPolls.of>` the app), long polls are parked
     without a task and asynchronous calls skip the app's middleware stack (:mod:`tarefa.http.held`)."""
-    return type("TimedHttpProtocol", (TimedHttpProtocol,), {"timeouts": timeouts, "held": held})
+    attributes = {"timeouts": timeouts, "held": held, "clock": DateClock()}
+    return type("TimedHttpProtocol", (TimedHttpProtocol,), attributes)
 
 
 def raw_error(error: ApiError) -> bytes:
@@ -123,6 +147,7 @@ class TimedHttpProtocol(HttpToolsProtocol):
     )  # fmt: skip
     timeouts = ReadTimeouts()
     held: HeldPolls | None = None
+    clock = DateClock()  # one per server: protocol_class makes a class for each
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -176,6 +201,9 @@ class TimedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._arm(self.timeouts.body, "body")
+        now = time.time()
+        if int(now) != self.clock.second:
+            self.clock.turn(now, self.server_state, self.config)
         before = self.cycle
         super().on_headers_complete()
         if self.cycle is not before:  # a new cycle, its task not yet run: nothing waits on its Event

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
                 if jobs == 0 or (drive_it is on_tarefa_bare and concurrency == W3_CALLERS):
                     continue
                 with server(workdir) as (port, pid):
+                    os.sync()  # the last run's writes, written back now, not during this one's fsyncs
                     figures = uvloop.run(drive_it(port, pid, jobs, concurrency))
                 runs.setdefault(f"{name} {workload}", []).append(figures)
     medians = {key: {m: statistics.median(r[m] for r in rounds) for m in rounds[0]} for key, rounds in runs.items()}

@@ -105,6 +105,10 @@ def submit_and_wait(
     with system.deploy(workdir, capacity=concurrency) as deployment:
         spec = {"jobs": jobs, "concurrency": concurrency, "body": body, "budget_s": budget_s,
                 "options": deployment.options}  # fmt: skip
+        # What the systems before this one wrote is still being written back to the disk; left to
+        # the kernel, that writeback stalls this system's own fsyncs (W3's p99 went 3 -> 35-72 ms
+        # for tarefa on SQLite right after the other systems' W2, and the floor's to 137 ms).
+        os.sync()
         for group in deployment.groups:
             group.begin()
         outcome = run_client(deployment, spec, timeout=budget_s + 180)

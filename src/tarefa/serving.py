@@ -235,13 +235,14 @@ async def _watch_descriptors(connections: _Connections, every: float = 1.0, quie
     while True:
         await connections.crowded.wait()
         used, limit, crowded = descriptor_use()
-        if crowded and time.monotonic() - last >= quiet:
+        if not crowded:
+            connections.crowded.clear()
+            continue
+        if time.monotonic() - last >= quiet:
             last = time.monotonic()
             log.warning("file descriptors: %d of %d in use; new connections are refused (EMFILE) until some "
                         "close: raise the limit (ulimit -n) or lower the load", used, limit)  # fmt: skip
         await asyncio.sleep(every)
-        if not descriptor_use()[2]:
-            connections.crowded.clear()
 
 
 def _has_uvloop() -> bool:

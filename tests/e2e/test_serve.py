@@ -306,7 +306,7 @@ def test_an_idle_server_does_not_wake_and_its_date_header_is_never_stale(start_s
     assert server.proc is not None
     with client_for(server) as client:
         client.get("/healthz")
-    time.sleep(1.5)  # the descriptor watcher's look after the last connection closed
+    time.sleep(1.5)  # the start and the request settle: the idle count begins after them
     before = _main_thread_wakes(server.proc.pid)
     time.sleep(4.0)
     woke = _main_thread_wakes(server.proc.pid) - before

@@ -1,7 +1,7 @@
 """The embedded store's own machinery, on a real SQLite file: the checkpointer keeps the WAL short
 off the commit path (and SQLite's own checkpoint still bounds it when the checkpointer cannot keep
-up), a write alone in its transaction that fails leaves nothing behind, and a key no job has is
-known new without a read."""
+up), a write alone in its transaction that fails leaves nothing behind, a failing call of a
+batch is undone alone, and a key no job has is known new without a read."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tarefa.model import JobState, new_job, utcnow
-from tarefa.store import Idempotency, IdempotencyMismatch, Outcome, StoreError
+from tarefa.store import Idempotency, IdempotencyMismatch, Outcome, StoreError, sqlite_connection
 from tarefa.store.base import Claim
 from tarefa.store.sqlite import WAL_CHECKPOINT_PAGES, WAL_SIZE_LIMIT, SQLiteStore
 from tarefa.store.sqlite_connection import CHECKPOINT_COMMITS
@@ -100,6 +102,76 @@ async def test_a_failing_write_alone_in_its_transaction_keeps_nothing(tmp_path: 
         assert changes == []
         assert await store.put_document("k", "b", {"ok": True})  # the writer goes on
         assert await store.get_document("k", "b") == {"ok": True}
+    finally:
+        await store.close()
+
+
+async def _in_one_batch(store: SQLiteStore, works: list[Any]) -> list[Any]:
+    """Run ``works`` in one batch of the writer: they are queued while it runs a call that waits
+    for them. Each one's result, or the exception it raised."""
+    running, queued = threading.Event(), threading.Event()
+
+    def hold(conn: sqlite3.Connection) -> tuple[None, list[object]]:
+        running.set()
+        assert queued.wait(10)
+        return None, []
+
+    assert store._writer is not None
+    first = store._writer.call(hold)  # type: ignore[arg-type]
+    assert await asyncio.to_thread(running.wait, 10)
+    futures = [store._writer.call(work) for work in works]
+    queued.set()
+    await first
+    return await asyncio.gather(*futures, return_exceptions=True)
+
+
+def _put(key: str, then_fail: str | None = None) -> Any:
+    def work(conn: sqlite3.Connection) -> tuple[str, list[object]]:
+        conn.execute("INSERT INTO resources (kind, key, data) VALUES ('k', ?, '{}')", (key,))
+        if then_fail == "sql":
+            conn.execute("INSERT INTO no_such_table VALUES (1)")
+        elif then_fail == "python":
+            raise ValueError("a bug after a write")
+        return key, []
+
+    return work
+
+
+def _fail_before_writing(conn: sqlite3.Connection) -> tuple[None, list[object]]:
+    conn.execute("SELECT count(*) FROM resources").fetchone()
+    raise LookupError("a rule says no (nothing written)")
+
+
+async def test_in_a_batch_a_failing_call_is_undone_alone_and_the_others_land(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls of one batch share a transaction without savepoints; a call that fails after
+    writing makes the writer undo the batch and write it again with a savepoint per call; one
+    that fails before writing needs no second pass. Either way only the failing call is lost."""
+    passes: list[int] = []
+    with_savepoints = sqlite_connection._savepoint_transaction
+
+    def counted(conn: sqlite3.Connection, calls: list[Any]) -> Any:
+        passes.append(len(calls))
+        return with_savepoints(conn, calls)
+
+    monkeypatch.setattr(sqlite_connection, "_savepoint_transaction", counted)
+    store = SQLiteStore(tmp_path / "t.db")
+    await store.open()
+    try:
+        results = await _in_one_batch(store, [_put("a"), _fail_before_writing, _put("b")])
+        assert results[0] == "a" and results[2] == "b"
+        assert isinstance(results[1], LookupError)
+        assert passes == []  # nothing to undo: no second pass
+
+        for how in ("sql", "python"):
+            results = await _in_one_batch(store, [_put(f"c-{how}"), _put(f"bad-{how}", how), _put(f"d-{how}")])
+            assert results[0] == f"c-{how}" and results[2] == f"d-{how}"
+            assert isinstance(results[1], StoreError if how == "sql" else ValueError)
+        assert passes == [3, 3]  # the failing call had written: the batch again, with savepoints
+
+        keys = {doc_key for (doc_key,) in sqlite3.connect(tmp_path / "t.db").execute("SELECT key FROM resources")}
+        assert keys == {"a", "b", "c-sql", "d-sql", "c-python", "d-python"}
     finally:
         await store.close()
 

@@ -50,6 +50,8 @@ WAL_CHECKPOINT_PAGES = 250
 #: The size the WAL file is cut back to after a checkpoint, in bytes.
 WAL_SIZE_LIMIT = 1024 * 1024
 NO_CHANGES: tuple[JobChange, ...] = ()
+#: Events inserted by one statement at most (9 parameters each, well under SQLite's 32,766).
+EVENTS_PER_STATEMENT = 256
 _BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 #: What an inline read gives when it cannot read now (see ``SQLiteStore._read_inline``).
 _BUSY_NOW = object()
@@ -134,11 +136,12 @@ class Steps:
                 cursor = self.conn.execute(sql.INSERT_JOB, (*CODEC.encode(job), resource_key, *idem))
                 return self._event(job) if cursor.rowcount > 0 else None
             case steps.SaveJobs(jobs):
-                return [self._save(job) for job in jobs]
+                self.conn.executemany(sql.UPDATE_JOB, [(*CODEC.encode(job, MUTABLE_COLUMNS), job.id) for job in jobs])
+                return self._events(jobs)
             case steps.InsertClaimed(job, started, resource_key, idempotency):
                 idem = (idempotency.key, idempotency.request_hash) if idempotency else (None, None)
                 cursor = self.conn.execute(sql.INSERT_JOB, (*CODEC.encode(started), resource_key, *idem))
-                return (self._event(job), self._event(started)) if cursor.rowcount > 0 else None
+                return tuple(self._events((job, started))) if cursor.rowcount > 0 else None
             case steps.SaveHeld(job, held, answer_status):
                 expected = (held.lease_owner, to_us(held.lease_expires), model.to_microseconds(held.last_modified))
                 params = (*CODEC.encode(job, MUTABLE_COLUMNS), answer_status, job.id, *expected)
@@ -239,24 +242,30 @@ class Steps:
         row = self.conn.execute(sql.SELECT_BY_IDEMPOTENCY, (owner, key)).fetchone()
         return None if row is None else steps.IdempotentEntry(CODEC.decode(row[:-2]), row[-2], row[-1])
 
-    def _save(self, job: Job) -> JobEvent:
-        self.conn.execute(sql.UPDATE_JOB, (*CODEC.encode(job, MUTABLE_COLUMNS), job.id))
-        return self._event(job)
-
     def _event(self, job: Job) -> JobEvent:
         """Insert the event that records ``job`` as it is now; the event, numbered."""
-        error = job.error
-        cursor = self.conn.execute(
-            sql.INSERT_EVENT,
-            (job.id, model.to_microseconds(job.last_modified), job.state.value, job.message, job.progress,
-             None if error is None else error.code, None if error is None else error.message, job.operation,
-             job.owner),
-        )  # fmt: skip
-        seq = cursor.lastrowid
-        assert seq is not None
-        return JobEvent(
-            seq, job.id, job.last_modified, job.state, job.message, job.progress, error, job.operation, job.owner
-        )
+        return self._events((job,))[0]
+
+    def _events(self, jobs: Sequence[Job]) -> list[JobEvent]:
+        """Insert the events that record ``jobs`` as they are now, in one statement (one step
+        for SQLite, one hand-off of the interpreter lock); the events, numbered."""
+        if len(jobs) > EVENTS_PER_STATEMENT:
+            return [event for at in range(0, len(jobs), EVENTS_PER_STATEMENT)
+                    for event in self._events(jobs[at:at + EVENTS_PER_STATEMENT])]  # fmt: skip
+        params: list[Any] = []
+        for job in jobs:
+            error = job.error
+            params += (job.id, model.to_microseconds(job.last_modified), job.state.value, job.message, job.progress,
+                       None if error is None else error.code, None if error is None else error.message, job.operation,
+                       job.owner)  # fmt: skip
+        last = self.conn.execute(sql.insert_events_sql(len(jobs)), params).lastrowid
+        assert last is not None
+        # One writer, one statement: the rows' seqs follow each other, up to the last one's.
+        first = last - len(jobs) + 1
+        return [
+            JobEvent(seq, j.id, j.last_modified, j.state, j.message, j.progress, j.error, j.operation, j.owner)
+            for seq, j in enumerate(jobs, first)
+        ]
 
 
 def _scan_keys(conn: sqlite3.Connection) -> tuple[SeenKeys, Sequence[JobChange]]:

@@ -5,6 +5,8 @@ Timestamps are integers (microseconds since the Unix epoch, UTC); JSON values ar
 
 from __future__ import annotations
 
+import functools
+
 from .columns import MUTABLE_NAMES, NAMES
 
 #: One script per schema version; ``PRAGMA user_version`` records how many have been applied.
@@ -141,6 +143,13 @@ INSERT_EVENT = """
     INSERT INTO job_events (job_id, time, state, message, progress, error_code, error_message, operation, owner)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+
+
+@functools.cache
+def insert_events_sql(n: int) -> str:
+    """INSERT_EVENT for ``n`` events in one statement (one step: their seqs follow each other)."""
+    return INSERT_EVENT + ", (?, ?, ?, ?, ?, ?, ?, ?, ?)" * (n - 1)
+
 
 SELECT_EVENTS = f"SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 

@@ -253,6 +253,52 @@ def test_a_connection_that_sends_nothing_is_closed(quick: ServerProcess) -> None
     assert answer == b"" and 0.9 <= took < 15
 
 
+def _read_answer(sock: socket.socket, *, body: bool = True) -> bytes:
+    """One whole answer off ``sock``: its head, and the ``content-length`` bytes after it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int(dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:])[b"content-length"])
+    while body and len(rest) < length:
+        rest += sock.recv(65536)
+    return head + b"\r\n\r\n" + rest
+
+
+def test_answers_leave_whole_for_every_shape_of_request(quick: ServerProcess) -> None:
+    """The protocol sends an answer of known length in one write (issue 11): a HEAD answer, one
+    after ``100 Continue``, pipelined answers and a stream's opening still arrive as HTTP says."""
+    with socket.create_connection(("127.0.0.1", quick.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"HEAD /openapi.json HTTP/1.1\r\nHost: t\r\n\r\n")  # no body follows
+        head = _read_answer(sock, body=False)
+        assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
+        assert int(head.split(b"content-length: ")[1].split(b"\r\n")[0]) > 1000
+
+        body = b'{"name": "whole-1", "address": "10.0.0.1"}'
+        sock.sendall(b"POST /api/hosts HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                     b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))  # fmt: skip
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        accepted = _read_answer(sock)
+        assert accepted.startswith(b"HTTP/1.1 202 ")
+        job = json.loads(accepted.partition(b"\r\n\r\n")[2])["job"]
+        assert job["state"] in ("queued", "running", "success")
+
+        one = f"GET /api/jobs/{job['id']} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+        sock.sendall(one * 3)  # pipelined: three answers, in order, each whole
+        for _ in range(3):
+            answer = _read_answer(sock)
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert json.loads(answer.partition(b"\r\n\r\n")[2])["record"]["id"] == job["id"]
+
+    with socket.create_connection(("127.0.0.1", quick.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /api/events HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n")
+        opening = b""
+        while b"\r\n\r\n" not in opening:  # the head arrives before any event: the stream is open
+            opening += sock.recv(65536)
+        assert opening.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding: chunked" in opening
+
+
 def test_descriptors_are_raised_to_the_hard_limit_and_their_exhaustion_is_logged(tmp_path: Path) -> None:
     def low_limits() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, 160))

@@ -20,7 +20,7 @@ import pytest
 from tarefa.model import JobState, new_job, utcnow
 from tarefa.store import Idempotency, IdempotencyMismatch, Outcome, StoreError, sqlite_connection
 from tarefa.store.base import Claim
-from tarefa.store.sqlite import WAL_CHECKPOINT_PAGES, WAL_SIZE_LIMIT, SQLiteStore
+from tarefa.store.sqlite import EVENTS_PER_STATEMENT, WAL_CHECKPOINT_PAGES, WAL_SIZE_LIMIT, SQLiteStore
 from tarefa.store.sqlite_connection import CHECKPOINT_COMMITS
 
 pytestmark = pytest.mark.anyio
@@ -174,6 +174,31 @@ async def test_in_a_batch_a_failing_call_is_undone_alone_and_the_others_land(
         assert keys == {"a", "b", "c-sql", "d-sql", "c-python", "d-python"}
     finally:
         await store.close()
+
+
+async def test_events_written_together_are_announced_with_the_seqs_they_were_stored_under(tmp_path: Path) -> None:
+    """A claim's two events, and the events of a claim of many jobs (more than one statement
+    holds), are each inserted by one statement; what listeners hear is what the file holds."""
+    store = SQLiteStore(tmp_path / "t.db")
+    await store.open()
+    try:
+        heard: list[Any] = []
+        store.add_listener(heard.extend)
+        claimed = new_job("thing.make", now=utcnow())
+        await store.create_job(claimed, claim=Claim("w1", 30.0))
+        queued = [new_job("thing.make", now=utcnow()) for _ in range(EVENTS_PER_STATEMENT + 7)]
+        for job in queued:
+            await store.create_job(job)
+        started = await store.claim_jobs("w2", operations=("thing.make",), limit=len(queued), lease_seconds=30.0)
+        assert {job.id for job in started} == {job.id for job in queued}
+    finally:
+        await store.close()
+    events = [(c.event.seq, c.job_id, c.event.state.value) for c in heard if c.event is not None]
+    assert len(events) == 2 + 2 * len(queued)
+    conn = sqlite3.connect(tmp_path / "t.db")
+    stored = conn.execute("SELECT seq, job_id, state FROM job_events ORDER BY seq").fetchall()
+    conn.close()
+    assert sorted(events) == stored
 
 
 def test_the_store_latency_tool_measures_jobs() -> None:

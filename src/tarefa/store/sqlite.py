@@ -50,8 +50,9 @@ WAL_CHECKPOINT_PAGES = 250
 #: The size the WAL file is cut back to after a checkpoint, in bytes.
 WAL_SIZE_LIMIT = 1024 * 1024
 NO_CHANGES: tuple[JobChange, ...] = ()
-#: Events inserted by one statement at most (9 parameters each, well under SQLite's 32,766).
-EVENTS_PER_STATEMENT = 256
+#: Events inserted by one statement at most: 9 parameters each, under the 999 a statement may
+#: have in SQLite before 3.32.
+EVENTS_PER_STATEMENT = 100
 _BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 #: What an inline read gives when it cannot read now (see ``SQLiteStore._read_inline``).
 _BUSY_NOW = object()

@@ -221,7 +221,7 @@ def _transaction(conn: sqlite3.Connection, calls: list[_Call[Any]]) -> tuple[lis
     undo. Only if one fails after writing is the transaction rolled back and the batch run again
     with a savepoint per call (:func:`_savepoint_transaction`). A savepoint costs two statements,
     each a hand-off of the interpreter lock between the writer and the event loop: running
-    without them takes a third of the writer's statements off a busy server."""
+    without them takes two statements per call off a busy server."""
     outcomes: list[tuple[bool, Any]] = []
     changes: list[JobChange] = []
     conn.execute("BEGIN IMMEDIATE")

@@ -253,49 +253,65 @@ def test_a_connection_that_sends_nothing_is_closed(quick: ServerProcess) -> None
     assert answer == b"" and 0.9 <= took < 15
 
 
-def _read_answer(sock: socket.socket, *, body: bool = True) -> bytes:
-    """One whole answer off ``sock``: its head, and the ``content-length`` bytes after it."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, rest = data.partition(b"\r\n\r\n")
-    length = int(dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:])[b"content-length"])
-    while body and len(rest) < length:
-        rest += sock.recv(65536)
-    return head + b"\r\n\r\n" + rest
+class _Answers:
+    """What the server sends on one connection, taken answer by answer: bytes of the next answer
+    that arrive with one are kept for it, and a connection the server closes fails the test."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def _more(self) -> None:
+        piece = self.sock.recv(65536)
+        assert piece, f"the server closed the connection; it had sent {self.buffer[:300]!r}"
+        self.buffer += piece
+
+    def head(self) -> bytes:
+        while b"\r\n\r\n" not in self.buffer:
+            self._more()
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        return head + b"\r\n\r\n"
+
+    def answer(self) -> tuple[bytes, Any]:
+        """The next answer's head and its JSON body (``content-length`` bytes)."""
+        head = self.head()
+        length = int(head.split(b"\r\ncontent-length: ")[1].split(b"\r\n")[0])
+        while len(self.buffer) < length:
+            self._more()
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return head, json.loads(body)
 
 
 def test_answers_leave_whole_for_every_shape_of_request(quick: ServerProcess) -> None:
     """The protocol sends an answer of known length in one write (issue 11): a HEAD answer, one
     after ``100 Continue``, pipelined answers and a stream's opening still arrive as HTTP says."""
     with socket.create_connection(("127.0.0.1", quick.port), timeout=TIMEOUT) as sock:
+        answers = _Answers(sock)
         sock.sendall(b"HEAD /openapi.json HTTP/1.1\r\nHost: t\r\n\r\n")  # no body follows
-        head = _read_answer(sock, body=False)
-        assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
+        head = answers.head()
+        assert head.startswith(b"HTTP/1.1 200 ")
         assert int(head.split(b"content-length: ")[1].split(b"\r\n")[0]) > 1000
 
         body = b'{"name": "whole-1", "address": "10.0.0.1"}'
         sock.sendall(b"POST /api/hosts HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                      b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))  # fmt: skip
-        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        assert answers.head() == b"HTTP/1.1 100 Continue\r\n\r\n"
         sock.sendall(body)
-        accepted = _read_answer(sock)
-        assert accepted.startswith(b"HTTP/1.1 202 ")
-        job = json.loads(accepted.partition(b"\r\n\r\n")[2])["job"]
+        head, accepted = answers.answer()
+        assert head.startswith(b"HTTP/1.1 202 ")
+        job = accepted["job"]
         assert job["state"] in ("queued", "running", "success")
 
         one = f"GET /api/jobs/{job['id']} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
         sock.sendall(one * 3)  # pipelined: three answers, in order, each whole
         for _ in range(3):
-            answer = _read_answer(sock)
-            assert answer.startswith(b"HTTP/1.1 200 ")
-            assert json.loads(answer.partition(b"\r\n\r\n")[2])["record"]["id"] == job["id"]
+            head, read = answers.answer()
+            assert head.startswith(b"HTTP/1.1 200 ") and read["record"]["id"] == job["id"]
+        assert answers.buffer == b""
 
     with socket.create_connection(("127.0.0.1", quick.port), timeout=TIMEOUT) as sock:
         sock.sendall(b"GET /api/events HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n")
-        opening = b""
-        while b"\r\n\r\n" not in opening:  # the head arrives before any event: the stream is open
-            opening += sock.recv(65536)
+        opening = _Answers(sock).head()  # the head arrives before any event: the stream is open
         assert opening.startswith(b"HTTP/1.1 200 ") and b"transfer-encoding: chunked" in opening
 
 

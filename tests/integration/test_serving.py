@@ -62,3 +62,62 @@ def test_a_worker_runs_on_uvloop_where_it_is_installed() -> None:
         return type(asyncio.get_running_loop()).__module__
 
     assert run_on_fastest_loop(loop_module()).startswith("uvloop")
+
+
+class _CountingTransport:
+    """A real socket transport that records each write it is given."""
+
+    def __init__(self, transport: asyncio.Transport, writes: list[bytes]) -> None:
+        self._transport = transport
+        self._writes = writes
+
+    def write(self, data: bytes) -> None:
+        self._writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
+
+
+async def test_each_answer_of_known_length_leaves_in_one_write_on_a_real_socket() -> None:
+    """tarefa's protocol on a real loopback connection (issue 11): uvicorn's request cycle writes
+    an answer's head and body apart; through the protocol each answer is one write, keep-alive
+    and a HEAD request included."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from uvicorn import Config
+    from uvicorn.server import ServerState
+
+    from tarefa.http.protocol import ReadTimeouts, protocol_class
+
+    async def thing(request: object) -> JSONResponse:
+        return JSONResponse({"ok": True, "pad": "x" * 200})
+
+    writes: list[bytes] = []
+    base = protocol_class(ReadTimeouts())
+
+    class Counting(base):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(_CountingTransport(transport, writes))  # type: ignore[arg-type]
+
+    config = Config(Starlette(routes=[Route("/thing", thing, methods=["GET", "HEAD"])]), http=Counting, lifespan="off")
+    config.load()
+    loop = asyncio.get_running_loop()
+    state = ServerState()
+    server = await loop.create_server(lambda: Counting(config=config, server_state=state, app_state={}), "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for method in ("GET", "GET", "HEAD"):  # two answers on one kept-alive connection, then a HEAD
+            before = len(writes)
+            writer.write(f"{method} /thing HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+            body = await reader.readexactly(length) if method == "GET" else b""
+            assert writes[before:] == [head + body], writes[before:]
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        server.close()
+        await server.wait_closed()

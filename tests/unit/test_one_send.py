@@ -81,3 +81,11 @@ def test_the_body_of_an_answer_is_never_held_even_if_it_looks_like_a_head() -> N
     one.write(body)
     one.write(body)
     assert transport.writes == [HEAD + body, body]
+
+
+def test_a_held_head_is_not_written_to_a_client_that_is_gone() -> None:
+    one, transport = sender()
+    one.write(HEAD)
+    transport.closed = True  # the client went away before the body (uvicorn then sends nothing)
+    one.close()
+    assert transport.writes == []

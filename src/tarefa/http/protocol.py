@@ -145,9 +145,9 @@ class _OneSend:
         self.transport.write(data)
 
     def close(self) -> None:
-        if self._head is not None:
-            self.transport.write(self._head)
-            self._head, self._state = None, self._THROUGH
+        head, self._head, self._state = self._head, None, self._THROUGH
+        if head is not None and not self.transport.is_closing():  # not to a client already gone
+            self.transport.write(head)
         self.transport.close()
 
     def is_closing(self) -> bool:

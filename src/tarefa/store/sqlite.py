@@ -50,9 +50,9 @@ WAL_CHECKPOINT_PAGES = 250
 #: The size the WAL file is cut back to after a checkpoint, in bytes.
 WAL_SIZE_LIMIT = 1024 * 1024
 NO_CHANGES: tuple[JobChange, ...] = ()
-#: Events inserted by one statement at most: 9 parameters each, under the 999 a statement may
-#: have in SQLite before 3.32.
-EVENTS_PER_STATEMENT = 100
+#: Events inserted by one statement at most (a power of two): 9 parameters each, under the 999
+#: a statement may have in SQLite before 3.32.
+EVENTS_PER_STATEMENT = 64
 _BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 #: What an inline read gives when it cannot read now (see ``SQLiteStore._read_inline``).
 _BUSY_NOW = object()
@@ -248,11 +248,19 @@ class Steps:
         return self._events((job,))[0]
 
     def _events(self, jobs: Sequence[Job]) -> list[JobEvent]:
-        """Insert the events that record ``jobs`` as they are now, in one statement (one step
-        for SQLite, one hand-off of the interpreter lock); the events, numbered."""
-        if len(jobs) > EVENTS_PER_STATEMENT:
-            return [event for at in range(0, len(jobs), EVENTS_PER_STATEMENT)
-                    for event in self._events(jobs[at:at + EVENTS_PER_STATEMENT])]  # fmt: skip
+        """Insert the events that record ``jobs`` as they are now, a power of two of them per
+        statement (one step for SQLite, one hand-off of the interpreter lock; a few statement
+        texts, so that the connection's cache of prepared statements keeps the others); the
+        events, numbered."""
+        events: list[JobEvent] = []
+        at = 0
+        while at < len(jobs):
+            n = min(EVENTS_PER_STATEMENT, 1 << ((len(jobs) - at).bit_length() - 1))
+            events += self._insert_events(jobs[at : at + n])
+            at += n
+        return events
+
+    def _insert_events(self, jobs: Sequence[Job]) -> list[JobEvent]:
         params: list[Any] = []
         for job in jobs:
             error = job.error

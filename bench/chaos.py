@@ -59,8 +59,11 @@ class Process:
     env: dict[str, str]
     port: int | None = None
     proc: subprocess.Popen[bytes] | None = None
+    log_offset: int = 0  # where this start's output begins in the log
 
     def start(self) -> None:
+        # a restart appends to the same log: only what this start writes tells it is ready
+        self.log_offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tarefa", *self.args], stdout=out, stderr=subprocess.STDOUT, env=self.env
@@ -73,7 +76,9 @@ class Process:
 
     def ready(self) -> bool:
         if self.port is None:
-            return "worker started" in self.log.read_text(errors="replace")
+            with self.log.open("rb") as log:
+                log.seek(self.log_offset)
+                return b"worker started" in log.read()
         try:
             return httpx.get(f"http://127.0.0.1:{self.port}/api/jobs?max_records=1", timeout=1).status_code == 200
         except httpx.TransportError:

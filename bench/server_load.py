@@ -5,7 +5,7 @@
         [--flow poll|return] [--profile OUT.txt] [--repeat 1]
 
 ``poll`` is what the client does without ``return_timeout``: POST, then long polls until the
-job ends; ``return`` is one POST with ``return_timeout``. Printed: jobs/s, p50 ms, server CPU ms
+job ends; ``return`` is one POST with ``return_timeout``. Printed: jobs/s, p50 and p99 ms, server CPU ms
 per job (from /proc, the server process and its threads) and HTTP requests per job. With
 ``--profile``, py-spy records the server (raw collapsed stacks, by thread) for the run, and with
 ``--store postgres-split`` the worker too (``OUT.worker.txt``).
@@ -181,7 +181,8 @@ def main() -> int:
                 extra += f", {commits / args.jobs:.2f} PostgreSQL transactions/job (reads too)"
                 extra += f", PostgreSQL backends {pg_cpu / args.jobs * 1000:.2f} CPU ms/job"
             print(f"{args.store} {args.flow} C={args.concurrency}: {args.jobs / wall:,.0f} jobs/s, "
-                  f"p50 {statistics.median(latencies) * 1000:.2f} ms, server {cpu / args.jobs * 1000:.2f} CPU ms/job "
+                  f"p50 {statistics.median(latencies) * 1000:.2f} ms, p99 {_p99(latencies) * 1000:.2f} ms, "
+                  f"server {cpu / args.jobs * 1000:.2f} CPU ms/job "
                   f"({system / args.jobs * 1000:.2f} system), "
                   f"{requests / args.jobs:.2f} requests/job, wall {wall:.2f} s{extra}"
                   + (f", end-to-answer p50 {statistics.median(lags) * 1000:.0f} ms, max {max(lags) * 1000:.0f} ms"
@@ -194,6 +195,10 @@ def main() -> int:
         for spy in spies:
             spy.wait(30)
     return 0
+
+
+def _p99(values: list[float]) -> float:
+    return sorted(values)[min(len(values) - 1, int(len(values) * 0.99))]
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import itertools
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -14,6 +15,9 @@ from bench.systems.base import DEV_PYTHON, Deployment, bench_env
 
 APP = "bench.servers.tarefa_app:app"
 TAREFA = [DEV_PYTHON, "-m", "tarefa"]
+#: Numbers each worker's log: a log is appended to, so a worker of an earlier round must not leave
+#: its "worker started" line in the log that the next round's worker is waited for by.
+_WORKER_STARTS = itertools.count()
 
 
 def answers(port: int, path: str = "/api/jobs?max_records=1") -> bool:
@@ -38,7 +42,7 @@ def serve(stack: ExitStack, workdir: Path, store: str, workers: int, name: str) 
 
 def work(stack: ExitStack, workdir: Path, store: str, concurrency: int, index: int) -> int:
     """Start one ``tarefa worker``; return its pid once it says it has started."""
-    log = workdir / f"worker-{index}.log"
+    log = workdir / f"worker-{index}-{next(_WORKER_STARTS)}.log"
     command = [*TAREFA, "worker", "--store", store, "--app", APP, "--concurrency", str(concurrency)]
     proc = start(command, env=bench_env(), log=log)
     stack.callback(stop, proc)

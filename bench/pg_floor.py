@@ -3,10 +3,11 @@ sent from one process with nothing else around them (no HTTP, no listeners, no s
 
     python bench/pg_floor.py [--jobs 1000] [--rounds 2]
 
-Per job, as the split deployment sends them when each write is alone in its batch: the replay read
-of an ``Idempotency-Key``, the insert (one statement that also notifies, with the call's deadline),
-the claim, and the end (each one statement that notifies; the end records the held ``200`` by
-itself, as it comes before that deadline); each statement is its own autocommit
+Per job, as the split deployment sends them when each write is alone in its batch: the insert (one
+statement that also notifies, naming its ``Idempotency-Key``, with the call's deadline), the claim,
+and the end (each one statement that notifies; the end records the held ``200`` by itself, as it
+comes before that deadline). A new key costs tarefa no read (the filter of keys seen,
+``tarefa.store.postgres``), so there is none here. Each statement is its own autocommit
 transaction, committed with fsync (the server's default ``synchronous_commit``). One job after
 the other: latency p50 and jobs/s, and this process's CPU per job. The PostgreSQL server's own CPU
 is not counted. On a fresh database ``tarefa_floor_<pid>`` of ``$TAREFA_TEST_POSTGRES`` (default
@@ -41,12 +42,10 @@ ORIGIN = "floor"
 
 
 async def one_job(api: psycopg.AsyncConnection[Any], worker: psycopg.AsyncConnection[Any], n: int) -> None:
-    """The four statements of one job: replay read, insert, claim, end (which records the 200)."""
+    """The three statements of one job: insert, claim, end (which records the 200)."""
     job = new_job("noop", now=utcnow(), owner="alice", input={"n": n})
     reads = api.cursor(row_factory=dict_row)
-    await reads.execute(q.SELECT_IDEMPOTENT_JOB, {"owner": "alice", "key": job.id})
-    await reads.fetchall()
-    parts = announcement(ORIGIN, job)
+    parts = announcement(ORIGIN, job, job.id)
     assert parts is not None
     answer_by = job.create_time + timedelta(seconds=10)
     params = {**_insert_params(job, None, Idempotency(job.id, "h"), answer_by), **parts}

@@ -636,3 +636,153 @@ async def test_a_store_that_cannot_record_answers_by_their_end_refuses_answer_by
         assert await store.list_jobs(JobQuery()) == []
     finally:
         await store.close()
+
+
+# -- keys seen (the filter of Idempotency-Keys, tarefa.store.postgres module doc) -------------------
+
+
+def _count_reads(store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The store's reads from now on (each a program run on the pool)."""
+    reads: list[object] = []
+    read = store._read
+
+    async def counted(program: Any) -> Any:
+        reads.append(program)
+        return await read(program)
+
+    monkeypatch.setattr(store, "_read", counted)
+    return reads
+
+
+async def _scanned(store: PostgresStore) -> None:
+    await _wait(lambda: store._keys is not None and store._keys.scanned, "the scan of the keys")
+
+
+async def test_a_new_key_costs_no_read_and_every_key_stored_anywhere_is_replayed(
+    postgres_url: str, listen: Listen, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tarefa.store.postgres as postgres
+
+    monkeypatch.setattr(postgres, "KEYS_FRESH", 60.0)  # a slow machine's pauses: the filter still answers
+    async with opened(postgres_url) as before:
+        first = await before.create_job(make_job(), idempotency=Idempotency("k-before", "h"))
+    async with opened(postgres_url) as api, opened(postgres_url) as other:
+        await _scanned(api)
+        heard = listen(api)
+        # another process's keys: one alone (its insert is one statement), five in one batch
+        alone = await other.create_job(make_job(), idempotency=Idempotency("k-alone", "h"))
+        batch = await asyncio.gather(
+            *(other.create_job(make_job(), idempotency=Idempotency(f"k-batch-{n}", "h")) for n in range(5))
+        )
+        bea = dataclasses.replace(make_job(), owner="bea")
+        ours = await api.create_job(bea, idempotency=Idempotency("k-ours", "h"))
+        await heard.wait_for(lambda: all(heard.of(c.job.id) for c in [alone, *batch]), what="the inserts")
+        reads = _count_reads(api, monkeypatch)
+        expected = {"k-before": first, "k-alone": alone, "k-ours": ours, **{f"k-batch-{n}": c for n, c in
+                    enumerate(batch)}}  # fmt: skip
+        for key, created in expected.items():
+            replayed = await api.replay_idempotent(created.job.owner or "", Idempotency(key, "h"))
+            assert replayed is not None and replayed.job.id == created.job.id, key
+        assert len(reads) == len(expected)  # each one is read
+        new = [await api.replay_idempotent(owner, Idempotency(f"new-{n}", "h")) for n in range(200)
+               for owner in ("alice", "bea")]  # fmt: skip
+        assert new == [None] * 400
+        assert len(reads) <= len(expected) + 4  # a false positive reads (0.2 % of new keys here)
+        assert await api.replay_idempotent("bea", Idempotency("k-alone", "h")) is None  # alice's key, not bea's
+
+
+async def test_a_crowded_filter_of_keys_is_scanned_again_into_a_bigger_one(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tarefa.store.postgres as postgres
+    from tarefa.store import seen_keys
+
+    monkeypatch.setattr(postgres, "KEYS_FRESH", 60.0)
+    monkeypatch.setattr(seen_keys, "MIN_BITS", 1024)  # 64 pairs
+    async with opened(postgres_url) as api, opened(postgres_url) as other:
+        await _scanned(api)
+        mine = [await api.create_job(make_job(), idempotency=Idempotency(f"mine-{n}", "h")) for n in range(150)]
+        theirs = await asyncio.gather(
+            *(other.create_job(make_job(), idempotency=Idempotency(f"theirs-{n}", "h")) for n in range(150))
+        )
+        await _wait(lambda: api._key_scan is not None and api._key_scan.done(), "the last scan")
+        stored = {f"mine-{n}": c for n, c in enumerate(mine)} | {f"theirs-{n}": c for n, c in enumerate(theirs)}
+        # every key of the other store is in: heard, or scanned
+        await _wait(lambda: all(api._keys is not None and api._keys.may_hold("alice", k) for k in stored), "the keys")
+        assert api._keys is not None and api._keys._filter.capacity >= 300
+        reads = _count_reads(api, monkeypatch)
+        for key, created in stored.items():
+            replayed = await api.replay_idempotent("alice", Idempotency(key, "h"))
+            assert replayed is not None and replayed.job.id == created.job.id, key
+        assert [await api.replay_idempotent("alice", Idempotency(f"new-{n}", "h")) for n in range(200)] == [None] * 200
+        assert len(reads) <= len(stored) + 4
+
+
+async def test_keys_stored_while_the_listener_was_down_are_read_then_caught_up(
+    postgres_url: str, postgres_admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tarefa.store.postgres as postgres
+
+    monkeypatch.setattr(postgres, "KEYS_FRESH", 60.0)
+    async with opened(postgres_url, reconnect_delay=1.0) as api, opened(postgres_url) as other:
+        await _scanned(api)
+        with postgres_admin(postgres_url) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (api.listen_backend_pid,))
+        await _wait(lambda: not api.listening.is_set(), "the listener to notice")
+        away = await other.create_job(make_job(), idempotency=Idempotency("k-away", "h"))
+        assert not api.listening.is_set(), "the insert was meant to happen while it was disconnected"
+        replayed = await api.replay_idempotent("alice", Idempotency("k-away", "h"))  # read: not heard
+        assert replayed is not None and replayed.job.id == away.job.id
+        await _wait(lambda: api.listening.is_set(), "the reconnection")
+        reads = _count_reads(api, monkeypatch)
+        replayed = await api.replay_idempotent("alice", Idempotency("k-away", "h"))  # caught up: in the filter
+        assert replayed is not None and replayed.job.id == away.job.id and len(reads) == 1
+
+
+async def test_a_listener_not_heard_lately_reads_every_key(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tarefa.store.postgres as postgres
+
+    async with opened(postgres_url) as api:
+        await _scanned(api)
+        monkeypatch.setattr(postgres, "KEYS_FRESH", 0.0)  # nothing heard within no time: the filter is silent
+        reads = _count_reads(api, monkeypatch)
+        assert [await api.replay_idempotent("alice", Idempotency(f"n-{n}", "h")) for n in range(5)] == [None] * 5
+        assert len(reads) == 5
+
+
+async def test_a_notification_of_an_older_tarefa_turns_the_filter_off(
+    postgres_url: str, postgres_admin: Admin, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import tarefa.store.postgres as postgres
+
+    monkeypatch.setattr(postgres, "KEYS_FRESH", 60.0)
+    async with opened(postgres_url) as api:
+        await _scanned(api)
+        reads = _count_reads(api, monkeypatch)
+        assert await api.replay_idempotent("alice", Idempotency("n-1", "h")) is None and reads == []
+        with postgres_admin(postgres_url) as conn:  # as a tarefa that names no keys announces an insert
+            conn.execute("SELECT pg_notify('tarefa_jobs', %s)", ('{"o":"0123456789abcdef","c":[]}',))
+        await _wait(lambda: api._keys is None, "the old notification")
+        assert "older tarefa" in caplog.text
+        assert [await api.replay_idempotent("alice", Idempotency(f"n-{n}", "h")) for n in range(3)] == [None] * 3
+        assert len(reads) == 3
+
+
+def test_an_announced_insert_names_its_key_in_one_payload_or_in_a_batch() -> None:
+    from tarefa.store.postgres_listen import NOTIFY_LIMIT, decode_changes
+
+    job = make_job(input={"text": 'é ✓ " \\ \n'})
+    event = numbered([event_of(job)], [7])[0]
+    parts = announcement("origin1", job, 'key "é" \\')
+    assert parts is not None
+    payload = parts["announce_before"] + "7" + parts["announce_after"]
+    assert payload == encode_changes("origin1", [JobChange(job.id, job, event, 'key "é" \\')])[0]
+    origin, entries, keys = decode_changes(payload)
+    assert (origin, entries, keys) == ("origin1", [JobChange(job.id, job, event)], [("alice", 'key "é" \\')])
+    # Large jobs and long keys: every payload stays under the limit, and every key is named once.
+    big = [make_job(input={"blob": "x" * 6_000}) for _ in range(3)]
+    changes = [JobChange(j.id, j, event_of(j), "ключ" * 60 + str(n)) for n, j in enumerate(big)]
+    payloads = encode_changes("origin1", changes)
+    assert all(len(p.encode()) <= NOTIFY_LIMIT for p in payloads)
+    named = [key for p in payloads for _, key in decode_changes(p)[2] or []]
+    assert named == [c.key for c in changes]

@@ -212,6 +212,41 @@ def test_the_store_latency_tool_measures_jobs() -> None:
                         r"\d+ µs CPU per job \(every thread\)\n", done.stdout), done.stdout  # fmt: skip
 
 
+async def test_a_crowded_filter_of_keys_is_scanned_again_into_a_bigger_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long-lived store adds more keys than its filter was sized for: it scans the file again
+    into a bigger filter, so new keys keep costing no read, and every key stored still replays."""
+    from tarefa.store import seen_keys
+
+    monkeypatch.setattr(seen_keys, "MIN_BITS", 1024)  # 64 pairs
+    store = SQLiteStore(tmp_path / "keys.db")
+    await store.open()
+    try:
+        created = [await store.create_job(new_job("thing.make", now=utcnow(), owner="ana"),
+                                          idempotency=Idempotency(f"k{n}", "h")) for n in range(300)]  # fmt: skip
+        async with asyncio.timeout(10):  # the last scan, into a filter big enough
+            while store._key_scan is None or not store._key_scan.done():
+                await asyncio.sleep(0.01)
+        assert store._seen is not None and store._seen._filter.capacity >= 300
+        reads: list[object] = []
+        read = store._read_inline
+
+        def counted(step: object) -> object:
+            reads.append(step)
+            return read(step)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "_read_inline", counted)
+        for n, first in enumerate(created):
+            replayed = await store.replay_idempotent("ana", Idempotency(f"k{n}", "h"))
+            assert replayed is not None and replayed.job.id == first.job.id
+        assert len(reads) == 300
+        assert [await store.replay_idempotent("ana", Idempotency(f"new-{n}", "h")) for n in range(200)] == [None] * 200
+        assert len(reads) <= 300 + 4
+    finally:
+        await store.close()
+
+
 async def test_a_new_key_is_known_new_without_a_read_and_a_seen_one_is_replayed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

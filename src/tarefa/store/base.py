@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -110,11 +110,13 @@ class Claim:
 @dataclass(frozen=True, slots=True)
 class JobChange:
     """One committed change: the job as it is now (``None`` if it was deleted), and the event
-    that records it in the job's history (``None`` for a deletion)."""
+    that records it in the job's history (``None`` for a deletion). ``key``: the Idempotency-Key
+    an insert stored, if any (announced to other processes; not compared)."""
 
     job_id: str
     job: Job | None
     event: JobEvent | None = None
+    key: str | None = field(default=None, compare=False)
 
 
 ChangeListener = Callable[[Sequence[JobChange]], None]

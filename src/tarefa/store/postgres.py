@@ -33,6 +33,19 @@ last knew itself connected, and hands those to the listeners, so no change is mi
 covers transactions in flight and clock differences between machines: timestamps and leases use
 each process's clock, which should be kept in sync (NTP). The payloads and the ``LISTEN``
 connection live in :mod:`tarefa.store.postgres_listen`.
+
+*Keys seen.* Every keyed call looks its ``Idempotency-Key`` up before its endpoint runs, and nearly
+every key is new. A filter of the ``(owner, key)`` pairs of every keyed job
+(:mod:`~tarefa.store.seen_keys`) answers "no job has it" without that read: it is filled at open by
+a scan in the background, from this store's own inserts before they commit, and from the pairs
+that the other processes' notifications name, also when they are caught up after a reconnection.
+It answers only while the ``LISTEN`` connection has been heard (a notification, an echo of our
+own, a heartbeat) within the last :data:`KEYS_FRESH` seconds; else, and until the scan is done,
+every key is read as before. A notification from an older tarefa, which does not name its keys,
+turns the filter off until the process restarts. A repeat that comes in while the first call is
+still being stored (here or elsewhere, within the notification's delivery) may pass the filter and
+run its endpoint again; its insert then meets the first job's key and answers the replay, so there
+is never a second job.
 """
 
 from __future__ import annotations
@@ -74,12 +87,17 @@ from .jobstore import JobStore
 from .outbox import CallbackAttempt, CallbackDelivery, deliveries_for
 from .postgres_batch import Cursor, GroupCommit, replace_broken_connections, store_error
 from .postgres_listen import ChangeFeed, Connection, announcement, announcement_head, encode_changes
+from .seen_keys import KeysSeen, SeenKeys
 from .steps import Program, numbered, run_async
 
 logger = logging.getLogger("tarefa.store.postgres")
 
 #: How long the ids of deleted jobs are kept for listeners catching up after a reconnection.
 DELETED_IDS_RETENTION = timedelta(days=1)
+#: The filter of keys seen answers only while the LISTEN connection was heard this recently (seconds).
+KEYS_FRESH = 0.25
+#: After a scan of the keys failed, the next one waits this long (seconds).
+KEYS_RESCAN_DELAY = 10.0
 _Number = TypeVar("_Number", int, float)
 _T = TypeVar("_T")
 
@@ -109,6 +127,11 @@ class PostgresStore(JobStore, Documents):
         self._origin = secrets.token_hex(8)
         self._pool: AsyncConnectionPool[Connection] | None = None
         self._opening = asyncio.Lock()
+        # The keys seen (module doc): None while closed or turned off; answers once scanned.
+        self._keys: KeysSeen | None = None
+        self._keys_unnamed = False  # an older tarefa's notification was heard: the filter is off
+        self._key_scan: asyncio.Task[None] | None = None
+        self._key_scan_after = 0.0  # monotonic: no scan before (one failed)
         self._writer = GroupCommit(
             self._open_pool,
             lambda changes: encode_changes(self._origin, changes),
@@ -122,6 +145,7 @@ class PostgresStore(JobStore, Documents):
             read=self._read_changes,
             changes_since=self._changes_since,
             emit=self._emit,
+            learn_keys=self._learn_keys,
             reconnect_delay=_positive("reconnect_delay", reconnect_delay, float),
             heartbeat=_positive("heartbeat", heartbeat, float),
             margin=timedelta(seconds=_positive("catch_up_margin", catch_up_margin, float)),
@@ -151,8 +175,13 @@ class PostgresStore(JobStore, Documents):
             except BaseException:
                 await pool.close()
                 raise
+            # Listening first, then the filter, before any insert of ours: a key inserted elsewhere
+            # from now on is heard, and one committed before the scan is read by it.
             self._pool = pool
             self._writer.start()
+            if not self._keys_unnamed:
+                self._keys, self._key_scan_after = KeysSeen(SeenKeys(), scanned=False), 0.0
+                self._scan_keys_if_due(self._keys)
 
     async def close(self) -> None:
         """Stop listening and close every connection. The store can be opened again."""
@@ -161,6 +190,11 @@ class PostgresStore(JobStore, Documents):
                 return
             await self._writer.stop()
             await self._feed.stop()
+            scan, self._key_scan, self._keys = self._key_scan, None, None
+            if scan is not None:
+                scan.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await scan
             pool, self._pool = self._pool, None
             await pool.close()
 
@@ -223,9 +257,27 @@ class PostgresStore(JobStore, Documents):
         """:meth:`JobStore.create_job`. A plain insert (no precondition, claim or callback) is tried
         first as one statement; on any conflict (id, idempotency key, busy resource key) nothing is
         inserted and the full rule runs, which finds which one."""
+        keys = self._keys
+        if idempotency is not None and keys is not None:  # added before the insert commits (keys seen)
+            with keys.inserting(str(job.owner), idempotency.key):
+                created = await self._create(job, idempotency, resource_key, precondition, claim, answer_by)
+            self._scan_keys_if_due(keys)
+            return created
+        return await self._create(job, idempotency, resource_key, precondition, claim, answer_by)
+
+    async def _create(
+        self,
+        job: Job,
+        idempotency: Idempotency | None,
+        resource_key: str | None,
+        precondition: Precondition | None,
+        claim: Claim | None,
+        answer_by: datetime | None,
+    ) -> Created:
         if precondition is None and claim is None and job.callback is None:
             params = _insert_params(job, resource_key, idempotency, answer_by)
-            if await self._one_statement(q.INSERT_JOB_QUIET, q.INSERT_JOB_ANNOUNCED, params, job):
+            key = idempotency.key if idempotency is not None else None
+            if await self._one_statement(q.INSERT_JOB_QUIET, q.INSERT_JOB_ANNOUNCED, params, job, key):
                 return Created(job, created=True)
         try:
             created = await super().create_job(
@@ -305,20 +357,31 @@ class PostgresStore(JobStore, Documents):
             return finished
         return await super().finish_job(job_id, worker, outcome)
 
+    async def replay_idempotent(self, owner: str, idempotency: Idempotency) -> Created | None:
+        """:meth:`JobStore.replay_idempotent`; None without a read for a key the filter of keys
+        seen has never held, while it may answer (module doc)."""
+        keys = self._keys
+        if keys is not None and self._feed.heard_within(KEYS_FRESH) and not keys.may_hold(str(owner), idempotency.key):
+            return None
+        return await super().replay_idempotent(owner, idempotency)
+
     async def set_answer_status(self, job_id: str, status: int) -> None:
         await self._sql(q.SET_ANSWER_STATUS, {"id": job_id, "status": status})
 
-    async def _one_statement(self, quiet: str, announced: str, params: dict[str, Any], job: Job) -> bool:
+    async def _one_statement(
+        self, quiet: str, announced: str, params: dict[str, Any], job: Job, key: str | None = None
+    ) -> bool:
         """Save ``job`` (and its event) with one statement, in the next batch, or alone as its own
-        transaction, announcing itself (``announced``); False if the statement changed no row."""
-        parts = announcement(self._origin, job)
+        transaction, announcing itself (``announced``); False if the statement changed no row.
+        ``key``: the Idempotency-Key an insert stores, named in its announcement."""
+        parts = announcement(self._origin, job, key)
 
         async def write(cursor: Cursor, changes: list[JobChange], statement: str = quiet) -> bool:
             await cursor.execute(statement, params if statement is quiet else {**params, **(parts or {})})
             row = await cursor.fetchone()
             if row is None:
                 return False
-            changes.append(JobChange(job.id, job, numbered([event_of(job)], [row["seq"]])[0]))
+            changes.append(JobChange(job.id, job, numbered([event_of(job)], [row["seq"]])[0], key))
             return True
 
         async def solo(cursor: Cursor, changes: list[JobChange]) -> bool:
@@ -408,9 +471,59 @@ class PostgresStore(JobStore, Documents):
 
     async def _changes_since(self, since: datetime) -> list[JobChange]:
         # Two reads, not one snapshot: a job deleted in between is heard changed, then deleted.
-        jobs = [_row_to_job(row) for row in await self._read_rows(q.CHANGED_SINCE, {"since": since})]
+        rows = await self._read_rows(q.CHANGED_SINCE, {"since": since})
+        self._learn_keys([(row["owner"], row["idempotency_key"]) for row in rows if row["idempotency_key"] is not None])
+        jobs = [_row_to_job(row) for row in rows]
         deleted = await self._read_rows(q.DELETED_SINCE, {"since": since})
         return [JobChange(job.id, job) for job in jobs] + [JobChange(row["id"], None) for row in deleted]
+
+    # -- keys seen (module doc) ------------------------------------------------------------------
+
+    def _learn_keys(self, pairs: Sequence[tuple[str, str]] | None) -> None:
+        """Keys that jobs inserted elsewhere hold; None: a notification that cannot name them."""
+        if pairs is None:
+            if not self._keys_unnamed:
+                logger.warning(
+                    "a process of an older tarefa shares this database: its notifications do not name"
+                    " Idempotency-Keys, so every keyed call reads its key until this process restarts"
+                )
+            self._keys_unnamed, self._keys = True, None
+            return
+        keys = self._keys
+        if keys is not None and pairs:
+            for owner, key in pairs:
+                keys.add(owner, key)
+            self._scan_keys_if_due(keys)
+
+    def _scan_keys_if_due(self, keys: KeysSeen) -> None:
+        """Scan the keys into a new filter if this one is not filled yet or is crowded, unless a
+        scan is running (or failed lately)."""
+        if (keys.scanned and not keys.crowded) or keys is not self._keys or self._pool is None:
+            return
+        if (self._key_scan is not None and not self._key_scan.done()) or time.monotonic() < self._key_scan_after:
+            return
+        self._key_scan = asyncio.create_task(self._scan_keys(keys), name="tarefa-postgres-keys")
+
+    async def _scan_keys(self, keys: KeysSeen) -> None:
+        """Every keyed job's pair, into a filter sized for twice as many, which then takes over."""
+        keys.begin_scan()
+        fresh: SeenKeys | None = None
+
+        async def scan(cursor: Cursor) -> SeenKeys:
+            await cursor.execute(q.COUNT_KEYS)
+            row = await cursor.fetchone()
+            into = SeenKeys(2 * (row["count"] if row is not None else 0))
+            async for found in cursor.stream(q.SELECT_KEYS):
+                into.add(found["owner"], found["idempotency_key"])
+            return into
+
+        try:
+            fresh = await self._on_connection(scan)
+        except StoreError as exc:
+            self._key_scan_after = time.monotonic() + KEYS_RESCAN_DELAY
+            logger.warning("cannot scan the Idempotency-Keys (%s): keyed calls read their keys meanwhile", exc)
+        finally:
+            keys.end_scan(fresh)
 
 
 #: How long :class:`~tarefa.store.steps.SettledSeq` waits for transactions in flight (seconds).

@@ -5,6 +5,10 @@ Every changing transaction of :class:`~tarefa.store.postgres.PostgresStore` send
 ``LISTEN`` connection, skips its own echoes, and hands the other processes' changes to the store's
 listeners. When that connection is lost, the feed reconnects by itself and replays what it may have
 missed (see the module doc of :mod:`tarefa.store.postgres`).
+
+A payload also names the ``(owner, Idempotency-Key)`` of each keyed job it announces inserted
+(``"k"``), for the other processes' filters of keys seen (:mod:`~tarefa.store.seen_keys`). A payload
+without ``"k"`` comes from an older tarefa, which does not name its keys.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,6 +45,8 @@ Connection = psycopg.AsyncConnection[Any]
 ReadChanges = Callable[[Sequence[str]], Awaitable[list[JobChange]]]
 ChangesSince = Callable[[datetime], Awaitable[list[JobChange]]]
 Emit = Callable[[Sequence[JobChange]], None]
+#: Given the ``(owner, key)`` pairs a payload of another process names; None if it cannot name them.
+LearnKeys = Callable[[Sequence[tuple[str, str]] | None], None]
 
 
 class ChangeFeed:
@@ -47,7 +54,8 @@ class ChangeFeed:
 
     ``origin`` is the store's own mark in payloads (its echoes are skipped); ``read`` reads jobs too
     large for a notification, ``changes_since`` what changed since an instant (the catch-up after a
-    reconnection), and ``emit`` hands changes to the store's listeners.
+    reconnection), ``emit`` hands changes to the store's listeners, and ``learn_keys`` the keys
+    that other processes' inserts name, before their changes are emitted.
     """
 
     def __init__(
@@ -58,6 +66,7 @@ class ChangeFeed:
         read: ReadChanges,
         changes_since: ChangesSince,
         emit: Emit,
+        learn_keys: LearnKeys,
         reconnect_delay: float,
         heartbeat: float,
         margin: timedelta,
@@ -66,26 +75,34 @@ class ChangeFeed:
         self.reconnects = 0
         self._conninfo = conninfo
         self._origin = origin
-        self._own_head = _payload_head(origin).decode()
+        self._own_head = own_head(origin)
         self._read = read
         self._changes_since = changes_since
         self._emit = emit
+        self._learn_keys = learn_keys
         self._reconnect_delay = reconnect_delay
         self._heartbeat = heartbeat
         self._margin = margin
         self._conn: Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected_at = utcnow()  # the last instant we know the connection was listening
+        self._heard_at = time.monotonic()  # the same on the monotonic clock (heard_within)
 
     @property
     def backend_pid(self) -> int | None:
         conn = self._conn
         return conn.info.backend_pid if conn is not None and not conn.closed else None
 
+    def heard_within(self, seconds: float) -> bool:
+        """Whether the connection is listening and was heard (a notification, our own echoes too,
+        or a heartbeat) in the last ``seconds``: then every change committed elsewhere more than
+        that long ago, give or take the delivery, has been handed on."""
+        return self.listening.is_set() and time.monotonic() - self._heard_at <= seconds
+
     async def start(self) -> None:
         """Connect and ``LISTEN`` (psycopg errors propagate), then listen in a background task."""
         self._conn = await self._connect()
-        self._connected_at = utcnow()
+        self._connected_at, self._heard_at = utcnow(), time.monotonic()
         self.listening.set()
         self._task = asyncio.create_task(self._run(), name="tarefa-postgres-listen")
 
@@ -125,23 +142,24 @@ class ChangeFeed:
         assert conn is not None
         while True:
             async for notify in conn.notifies(timeout=self._heartbeat):
-                heard_at = utcnow()
+                heard_at, heard_now = utcnow(), time.monotonic()
                 await self._dispatch(notify.payload)
-                self._connected_at = heard_at
-            beat_at = utcnow()
+                self._connected_at, self._heard_at = heard_at, heard_now
+            beat_at, beat_now = utcnow(), time.monotonic()
             await asyncio.wait_for(conn.execute(q.HEARTBEAT), self._heartbeat)
-            self._connected_at = beat_at
+            self._connected_at, self._heard_at = beat_at, beat_now
 
     async def _dispatch(self, payload: str) -> None:
         if payload.startswith(self._own_head):  # our own change, known without parsing it
             return
         try:
-            origin, entries = decode_changes(payload)
+            origin, entries, keys = decode_changes(payload)
         except (ValueError, KeyError, TypeError):
             logger.warning("ignoring a malformed notification on %s: %.200s", q.CHANNEL, payload)
             return
         if origin == self._origin:  # our own change: the writer already told our listeners
             return
+        self._learn_keys(keys)
         to_read = [entry for entry in entries if isinstance(entry, str)]
         read = {change.job_id: change for change in await self._read(to_read)} if to_read else {}
         self._emit([read[entry] if isinstance(entry, str) else entry for entry in entries])
@@ -168,7 +186,7 @@ class ChangeFeed:
             except BaseException:  # stopped while catching up: the new connection is not kept
                 await close_quietly(conn)
                 raise
-            self._connected_at = listening_since
+            self._connected_at, self._heard_at = listening_since, time.monotonic()
             self.reconnects += 1
             self.listening.set()
             logger.info("the LISTEN connection is back; replaying %d job change(s) it may have missed", len(missed))
@@ -190,54 +208,78 @@ def encode_changes(origin: str, changes: Sequence[JobChange]) -> list[str]:
     """Pack the changes into notification payloads under :data:`NOTIFY_LIMIT` bytes each.
 
     Entries: ``["j", job, seq]`` a changed job and the ``seq`` of its event, ``["r", id]`` a
-    changed job too large to send (the listener reads it), ``["d", id]`` a deleted job.
+    changed job too large to send (the listener reads it), ``["d", id]`` a deleted job. Each
+    payload names the keys of the inserts it announces (module doc).
     """
-    head, tail = _payload_head(origin), b"]}"
+    tail = b"]}"
+    fixed = len(_payload_head(origin, [])) + len(tail)
     payloads: list[str] = []
     batch: list[bytes] = []
-    size = len(head) + len(tail)
-    for entry in map(_encode_entry, changes):
-        if batch and size + len(entry) + 1 > NOTIFY_LIMIT:
-            payloads.append((head + b",".join(batch) + tail).decode())
-            batch, size = [], len(head) + len(tail)
+    keys: list[list[str]] = []
+    size = 0
+    for change in changes:
+        pair = _key_of(change)
+        named = len(orjson.dumps(pair)) + 1 if pair else 0
+        entry = _encode_entry(change, NOTIFY_LIMIT - 100 - named)
+        more = len(entry) + 1 + named
+        if batch and fixed + size + more > NOTIFY_LIMIT:
+            payloads.append((_payload_head(origin, keys) + b",".join(batch) + tail).decode())
+            batch, keys, size = [], [], 0
         batch.append(entry)
-        size += len(entry) + 1
+        if pair:
+            keys.append(pair)
+        size += more
     if batch:
-        payloads.append((head + b",".join(batch) + tail).decode())
+        payloads.append((_payload_head(origin, keys) + b",".join(batch) + tail).decode())
     return payloads
 
 
-def announcement(origin: str, job: Job) -> dict[str, str] | None:
+def announcement(origin: str, job: Job, key: str | None = None) -> dict[str, str] | None:
     """The payload announcing one changed job, as :func:`encode_changes` writes it, in two parts
     around the ``seq`` of its event, for a statement that numbers the event and notifies at once
-    (parameters ``announce_before`` and ``announce_after``); None if the job is too large."""
+    (parameters ``announce_before`` and ``announce_after``); None if the job is too large. ``key``:
+    the job's Idempotency-Key, for an insert."""
     wire = orjson.dumps(_job_to_wire(job), option=orjson.OPT_UTC_Z)
-    if len(wire) + 26 > NOTIFY_LIMIT - 100:  # as _encode_entry: '["j",' wire ',' seq (up to 19 digits) ']'
+    keys = [[str(job.owner), key]] if key is not None else []
+    named = len(orjson.dumps(keys[0])) + 1 if keys else 0
+    if len(wire) + 26 > NOTIFY_LIMIT - 100 - named:  # as encode_changes: '["j",' wire ',' seq (up to 19 digits) ']'
         return None
-    return {"announce_before": (_payload_head(origin) + b'["j",' + wire + b",").decode(), "announce_after": "]]}"}
+    return {"announce_before": (_payload_head(origin, keys) + b'["j",' + wire + b",").decode(), "announce_after": "]]}"}
 
 
 def announcement_head(origin: str) -> str:
-    """The start of every payload of ``origin``, up to its first entry."""
-    return _payload_head(origin).decode()
+    """The start of a payload of ``origin`` that names no key, up to its first entry."""
+    return _payload_head(origin, []).decode()
 
 
-def _payload_head(origin: str) -> bytes:
-    return b'{"o":"%s","c":[' % origin.encode()
+def own_head(origin: str) -> str:
+    """The start of every payload of ``origin`` (its echoes are known by it)."""
+    return f'{{"o":"{origin}","k":'
 
 
-def decode_changes(payload: str) -> tuple[str, list[JobChange | str]]:
-    """The origin and the entries of a payload; an id (str) stands for a job to read."""
+def _payload_head(origin: str, keys: list[list[str]]) -> bytes:
+    return b'{"o":"%s","k":%s,"c":[' % (origin.encode(), orjson.dumps(keys))
+
+
+def decode_changes(payload: str) -> tuple[str, list[JobChange | str], list[tuple[str, str]] | None]:
+    """The origin, the entries of a payload (an id, str, stands for a job to read) and the
+    ``(owner, key)`` pairs it names (None: sent by a tarefa that does not name them)."""
     data = orjson.loads(payload)
-    return str(data["o"]), [_decoded_entry(*entry) for entry in data["c"]]
+    keys = data.get("k")
+    pairs = None if keys is None else [(str(owner), str(key)) for owner, key in keys]
+    return str(data["o"]), [_decoded_entry(*entry) for entry in data["c"]], pairs
 
 
-def _encode_entry(change: JobChange) -> bytes:
+def _key_of(change: JobChange) -> list[str] | None:
+    return [str(change.job.owner), change.key] if change.key is not None and change.job is not None else None
+
+
+def _encode_entry(change: JobChange, room: int) -> bytes:
     if change.job is None:
         return orjson.dumps(["d", change.job_id])
     seq = change.event.seq if change.event is not None else 0
     entry = orjson.dumps(["j", _job_to_wire(change.job), seq], option=orjson.OPT_UTC_Z)
-    return entry if len(entry) <= NOTIFY_LIMIT - 100 else orjson.dumps(["r", change.job_id])
+    return entry if len(entry) <= room else orjson.dumps(["r", change.job_id])
 
 
 def _decoded_entry(kind: str, value: Any, seq: int = 0) -> JobChange | str:

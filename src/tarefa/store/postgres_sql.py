@@ -400,6 +400,10 @@ SELECT_IDEMPOTENT_JOB = """
     SELECT * FROM tarefa_jobs WHERE owner = %(owner)s AND idempotency_key = %(key)s
 """
 
+# Every keyed job's pair, for the filter of keys seen (tarefa.store.seen_keys) at open.
+SELECT_KEYS = "SELECT owner, idempotency_key FROM tarefa_jobs WHERE idempotency_key IS NOT NULL"
+COUNT_KEYS = "SELECT count(*) FROM tarefa_jobs WHERE idempotency_key IS NOT NULL"
+
 SELECT_RESOURCE_HOLDER = """
     SELECT id FROM tarefa_jobs
     WHERE resource_key = %(resource_key)s AND state IN ('queued', 'running')

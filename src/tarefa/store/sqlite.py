@@ -16,7 +16,9 @@ module only says how SQLite does each step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -35,7 +37,7 @@ from .columns import MUTABLE_COLUMNS, Codec, json_text
 from .documents import Documents
 from .jobstore import JobStore, replay_of
 from .outbox import CallbackAttempt, CallbackDelivery
-from .seen_keys import SeenKeys
+from .seen_keys import KeysSeen, SeenKeys
 from .sqlite_connection import Checkpointer, ConnectionThread, Work, _as_store_error
 from .steps import Program, run
 
@@ -55,6 +57,7 @@ NO_CHANGES: tuple[JobChange, ...] = ()
 EVENTS_PER_STATEMENT = 64
 _BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 #: What an inline read gives when it cannot read now (see ``SQLiteStore._read_inline``).
+logger = logging.getLogger("tarefa.store.sqlite")
 _BUSY_NOW = object()
 CODEC = Codec(
     encoders={"time": model.to_microseconds, "json": json_text, "bool": int},
@@ -300,7 +303,8 @@ class SQLiteStore(JobStore, Documents):
         self._inline: sqlite3.Connection | None = None  # the event loop's own, for reads by id
         self._checkpointer: Checkpointer | None = None
         self._lock_fd: int | None = None
-        self._seen: SeenKeys | None = None  # the keys that may have a job (seen_keys), once open
+        self._seen: KeysSeen | None = None  # the keys that may have a job (seen_keys), once open
+        self._key_scan: asyncio.Task[None] | None = None  # a scan for a bigger filter (seen_keys)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -331,7 +335,7 @@ class SQLiteStore(JobStore, Documents):
         self._inline = self._connect_reader(busy_timeout=0)
         # This process is the file's only writer (its lock): every keyed job is in this scan or
         # goes through create_job from now on.
-        self._seen = await reader.call(_scan_keys)
+        self._seen = KeysSeen(await reader.call(_scan_keys), scanned=True)
 
     async def upgrade(self) -> int:
         """Open (which migrates the schema) and tell the version."""
@@ -341,7 +345,11 @@ class SQLiteStore(JobStore, Documents):
     async def close(self) -> None:
         writer, reader, inline = self._writer, self._reader, self._inline
         self._writer = self._reader = self._inline = None
-        self._seen = None
+        self._seen, scan, self._key_scan = None, self._key_scan, None
+        if scan is not None:
+            scan.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scan
         if inline is not None:
             inline.close()
         for thread in (writer, reader):
@@ -401,9 +409,26 @@ class SQLiteStore(JobStore, Documents):
         return found  # type: ignore[no-any-return]
 
     async def create_job(self, job: Job, *, idempotency: Idempotency | None = None, **checks: Any) -> Created:
-        if idempotency is not None and self._seen is not None:
-            self._seen.add(str(job.owner), idempotency.key)  # before the insert commits (seen_keys)
-        return await super().create_job(job, idempotency=idempotency, **checks)
+        seen = self._seen
+        if idempotency is None or seen is None:
+            return await super().create_job(job, idempotency=idempotency, **checks)
+        with seen.inserting(str(job.owner), idempotency.key):  # added before the insert commits (seen_keys)
+            created = await super().create_job(job, idempotency=idempotency, **checks)
+        if seen.crowded and (self._key_scan is None or self._key_scan.done()):
+            self._key_scan = asyncio.create_task(self._rescan_keys(seen), name="tarefa-sqlite-keys")
+        return created
+
+    async def _rescan_keys(self, seen: KeysSeen) -> None:
+        """A bigger filter, from the keyed jobs the file has now (:class:`KeysSeen`)."""
+        seen.begin_scan()
+        fresh: SeenKeys | None = None
+        try:
+            if self._reader is not None:
+                fresh = await self._reader.call(_scan_keys)
+        except StoreError as exc:  # the filter keeps answering as it is; the next crowded insert tries again
+            logger.warning("cannot scan the Idempotency-Keys for a bigger filter: %s", exc)
+        finally:
+            seen.end_scan(fresh)
 
     async def replay_idempotent(self, owner: str, idempotency: Idempotency) -> Created | None:
         # the lookup before every keyed call's endpoint: none for a key no job has (nearly every

@@ -287,9 +287,11 @@ Program = Generator[Step, Any, T]
 def announced(step: Step, result: Any) -> Sequence[JobChange]:
     """The job changes a step made, given its result."""
     if isinstance(step, InsertJob):
-        return () if result is None else (JobChange(step.job.id, step.job, result),)
+        key = step.idempotency.key if step.idempotency is not None else None
+        return () if result is None else (JobChange(step.job.id, step.job, result, key),)
     if isinstance(step, InsertClaimed):
-        return () if result is None else (JobChange(step.job.id, step.job, result[0]),
+        key = step.idempotency.key if step.idempotency is not None else None
+        return () if result is None else (JobChange(step.job.id, step.job, result[0], key),
                                           JobChange(step.job.id, step.started, result[1]))  # fmt: skip
     if isinstance(step, SaveHeld):
         return () if result is None else (JobChange(step.job.id, step.job, result),)

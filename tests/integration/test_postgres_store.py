@@ -32,6 +32,7 @@ from tarefa.store import (
     StoreUnavailable,
     open_store,
 )
+from tarefa.store.base import Claim
 from tarefa.store.postgres import PostgresStore
 from tarefa.store.postgres_listen import announcement, encode_changes
 from tarefa.store.postgres_sql import MIGRATIONS
@@ -676,10 +677,15 @@ async def test_a_new_key_costs_no_read_and_every_key_stored_anywhere_is_replayed
         )
         bea = dataclasses.replace(make_job(), owner="bea")
         ours = await api.create_job(bea, idempotency=Idempotency("k-ours", "h"))
-        await heard.wait_for(lambda: all(heard.of(c.job.id) for c in [alone, *batch]), what="the inserts")
+        # an insert that is also its claim (the full rule of the store, not the one statement)
+        claimed = await other.create_job(
+            make_job(), idempotency=Idempotency("k-claimed", "h"), claim=Claim("w9", LEASE)
+        )
+        assert claimed.claimed is not None
+        await heard.wait_for(lambda: all(heard.of(c.job.id) for c in [alone, claimed, *batch]), what="the inserts")
         reads = _count_reads(api, monkeypatch)
-        expected = {"k-before": first, "k-alone": alone, "k-ours": ours, **{f"k-batch-{n}": c for n, c in
-                    enumerate(batch)}}  # fmt: skip
+        expected = {"k-before": first, "k-alone": alone, "k-ours": ours, "k-claimed": claimed}
+        expected |= {f"k-batch-{n}": c for n, c in enumerate(batch)}
         for key, created in expected.items():
             replayed = await api.replay_idempotent(created.job.owner or "", Idempotency(key, "h"))
             assert replayed is not None and replayed.job.id == created.job.id, key
@@ -705,11 +711,14 @@ async def test_a_crowded_filter_of_keys_is_scanned_again_into_a_bigger_one(
         theirs = await asyncio.gather(
             *(other.create_job(make_job(), idempotency=Idempotency(f"theirs-{n}", "h")) for n in range(150))
         )
-        await _wait(lambda: api._key_scan is not None and api._key_scan.done(), "the last scan")
         stored = {f"mine-{n}": c for n, c in enumerate(mine)} | {f"theirs-{n}": c for n, c in enumerate(theirs)}
-        # every key of the other store is in: heard, or scanned
-        await _wait(lambda: all(api._keys is not None and api._keys.may_hold("alice", k) for k in stored), "the keys")
-        assert api._keys is not None and api._keys._filter.capacity >= 300
+
+        def grown() -> bool:  # the last scan has ended into a filter big enough, holding every key
+            keys, scan = api._keys, api._key_scan
+            return (keys is not None and scan is not None and scan.done() and keys._filter.capacity >= 300
+                    and all(keys.may_hold("alice", k) for k in stored))  # fmt: skip
+
+        await _wait(grown, "a filter grown to every key")
         reads = _count_reads(api, monkeypatch)
         for key, created in stored.items():
             replayed = await api.replay_idempotent("alice", Idempotency(key, "h"))
@@ -786,3 +795,8 @@ def test_an_announced_insert_names_its_key_in_one_payload_or_in_a_batch() -> Non
     assert all(len(p.encode()) <= NOTIFY_LIMIT for p in payloads)
     named = [key for p in payloads for _, key in decode_changes(p)[2] or []]
     assert named == [c.key for c in changes]
+    # A pair too long to name: its payload says so, and turns the other processes' filters off.
+    long = JobChange(job.id, job, event, "k" * 2_000)
+    assert announcement("origin1", job, long.key) is None  # left to the batch's encoding
+    [payload] = encode_changes("origin1", [JobChange(job.id, job, event, "short"), long])
+    assert decode_changes(payload)[2] is None

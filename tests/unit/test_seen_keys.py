@@ -45,14 +45,15 @@ def test_a_filter_holding_more_pairs_than_it_was_sized_for_is_crowded(monkeypatc
 
 
 def test_a_scan_takes_over_with_what_it_may_have_missed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The pairs of inserts in flight when a scan begins, of inserts cancelled before, and every
-    pair added while it runs are in the filter that takes over; the scan's own are too."""
+    """The pairs of inserts in flight when a scan begins, of inserts that failed or were cancelled
+    before, and every pair added while it runs are in the filter that takes over; the scan's own
+    are too."""
     monkeypatch.setattr(seen_keys, "MIN_BITS", 1024)
     keys = KeysSeen(SeenKeys(), scanned=True)
     with pytest.raises(asyncio.CancelledError), keys.inserting("ana", "cancelled"):
         raise asyncio.CancelledError  # its insert may still commit, after the scan's snapshot
-    with pytest.raises(ValueError), keys.inserting("ana", "failed"):
-        raise ValueError("a conflict: nothing was inserted")
+    with pytest.raises(ConnectionError), keys.inserting("ana", "failed"):
+        raise ConnectionError("lost during the commit: it may have landed")
     with keys.inserting("ana", "in flight"):
         keys.begin_scan()
         assert not keys.crowded  # a scan is running: no second one
@@ -66,7 +67,7 @@ def test_a_scan_takes_over_with_what_it_may_have_missed(monkeypatch: pytest.Monk
         ("ana", "committed before"),
     ]:
         assert keys.may_hold(owner, key), key
-    assert not keys.may_hold("ana", "failed")  # the new filter: the failed insert's pair went with the old one
+    assert keys.may_hold("ana", "failed")  # a failed insert may have committed all the same (a lost connection)
 
 
 def test_a_failed_scan_leaves_the_filter_as_it_was_and_an_unscanned_one_holds_everything() -> None:

@@ -41,11 +41,16 @@ a scan in the background, from this store's own inserts before they commit, and 
 that the other processes' notifications name, also when they are caught up after a reconnection.
 It answers only while the ``LISTEN`` connection has been heard (a notification, an echo of our
 own, a heartbeat) within the last :data:`KEYS_FRESH` seconds; else, and until the scan is done,
-every key is read as before. A notification from an older tarefa, which does not name its keys,
-turns the filter off until the process restarts. A repeat that comes in while the first call is
-still being stored (here or elsewhere, within the notification's delivery) may pass the filter and
-run its endpoint again; its insert then meets the first job's key and answers the replay, so there
-is never a second job.
+every key is read as before. A notification that does not name its keys (from an older tarefa, or
+for a key too long to name) turns the filter off until the process restarts.
+
+The filter never misses a key stored before it was filled or handed on. A repeat that comes in
+while the first call is still being stored, or on another process before that process has read the
+first insert's notification (about a millisecond after its commit; longer while it is busy), may
+pass the filter and run its endpoint again. If the endpoint's own checks pass, the insert meets the
+first job's key and answers the replay; a check that the first job has changed the answer to (a
+resource it created, a busy resource key, a full queue) answers its error instead. There is never a
+second job.
 """
 
 from __future__ import annotations
@@ -484,8 +489,9 @@ class PostgresStore(JobStore, Documents):
         if pairs is None:
             if not self._keys_unnamed:
                 logger.warning(
-                    "a process of an older tarefa shares this database: its notifications do not name"
-                    " Idempotency-Keys, so every keyed call reads its key until this process restarts"
+                    "a notification did not name the Idempotency-Keys it announced (sent by an older"
+                    " tarefa, or a key too long to name): every keyed call reads its key until this"
+                    " process restarts"
                 )
             self._keys_unnamed, self._keys = True, None
             return

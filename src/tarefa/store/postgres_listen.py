@@ -8,7 +8,8 @@ missed (see the module doc of :mod:`tarefa.store.postgres`).
 
 A payload also names the ``(owner, Idempotency-Key)`` of each keyed job it announces inserted
 (``"k"``), for the other processes' filters of keys seen (:mod:`~tarefa.store.seen_keys`). A payload
-without ``"k"`` comes from an older tarefa, which does not name its keys.
+without ``"k"`` comes from an older tarefa, which does not name its keys; ``"k": null`` says that a
+pair was too long to name (over :data:`MAX_NAMED` bytes): either turns those filters off.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ logger = logging.getLogger("tarefa.store.postgres")
 
 #: Largest notification payload sent, in bytes (PostgreSQL refuses 8000 and more).
 NOTIFY_LIMIT = 7000
+#: Longest ``(owner, key)`` pair named in a payload, in bytes of JSON (longer ones turn filters off).
+MAX_NAMED = 1000
 #: Longest wait between two attempts to reconnect the ``LISTEN`` connection, in seconds.
 MAX_RECONNECT_DELAY = 5.0
 #: The Job fields that hold instants (RFC 3339 strings in payloads).
@@ -95,8 +98,9 @@ class ChangeFeed:
 
     def heard_within(self, seconds: float) -> bool:
         """Whether the connection is listening and was heard (a notification, our own echoes too,
-        or a heartbeat) in the last ``seconds``: then every change committed elsewhere more than
-        that long ago, give or take the delivery, has been handed on."""
+        or a heartbeat) in the last ``seconds``: then every change whose notification was
+        delivered before that has been handed on (a backlog of notifications waiting to be read
+        is not counted: they are read one after the other, at once)."""
         return self.listening.is_set() and time.monotonic() - self._heard_at <= seconds
 
     async def start(self) -> None:
@@ -176,7 +180,7 @@ class ChangeFeed:
             except (psycopg.Error, OSError) as exc:
                 logger.warning("cannot reconnect the LISTEN connection yet: %s", exc)
                 continue
-            listening_since = utcnow()
+            listening_since, heard_before = utcnow(), time.monotonic()  # before the catch-up's read
             try:
                 missed = await self._changes_since(self._connected_at - self._margin)
             except StoreError as exc:
@@ -186,7 +190,7 @@ class ChangeFeed:
             except BaseException:  # stopped while catching up: the new connection is not kept
                 await close_quietly(conn)
                 raise
-            self._connected_at, self._heard_at = listening_since, time.monotonic()
+            self._connected_at, self._heard_at = listening_since, heard_before
             self.reconnects += 1
             self.listening.set()
             logger.info("the LISTEN connection is back; replaying %d job change(s) it may have missed", len(missed))
@@ -215,18 +219,23 @@ def encode_changes(origin: str, changes: Sequence[JobChange]) -> list[str]:
     fixed = len(_payload_head(origin, [])) + len(tail)
     payloads: list[str] = []
     batch: list[bytes] = []
-    keys: list[list[str]] = []
+    keys: list[list[str]] | None = []
     size = 0
     for change in changes:
         pair = _key_of(change)
         named = len(orjson.dumps(pair)) + 1 if pair else 0
+        unnamed = named > MAX_NAMED  # not named: the payload says so ("k": null)
+        if unnamed:
+            named = 0
         entry = _encode_entry(change, NOTIFY_LIMIT - 100 - named)
         more = len(entry) + 1 + named
         if batch and fixed + size + more > NOTIFY_LIMIT:
             payloads.append((_payload_head(origin, keys) + b",".join(batch) + tail).decode())
             batch, keys, size = [], [], 0
         batch.append(entry)
-        if pair:
+        if unnamed:
+            keys = None
+        elif pair and keys is not None:
             keys.append(pair)
         size += more
     if batch:
@@ -242,7 +251,8 @@ def announcement(origin: str, job: Job, key: str | None = None) -> dict[str, str
     wire = orjson.dumps(_job_to_wire(job), option=orjson.OPT_UTC_Z)
     keys = [[str(job.owner), key]] if key is not None else []
     named = len(orjson.dumps(keys[0])) + 1 if keys else 0
-    if len(wire) + 26 > NOTIFY_LIMIT - 100 - named:  # as encode_changes: '["j",' wire ',' seq (up to 19 digits) ']'
+    # as encode_changes: '["j",' wire ',' seq (up to 19 digits) ']'; else the batch's encoding
+    if named > MAX_NAMED or len(wire) + 26 > NOTIFY_LIMIT - 100 - named:
         return None
     return {"announce_before": (_payload_head(origin, keys) + b'["j",' + wire + b",").decode(), "announce_after": "]]}"}
 
@@ -257,13 +267,13 @@ def own_head(origin: str) -> str:
     return f'{{"o":"{origin}","k":'
 
 
-def _payload_head(origin: str, keys: list[list[str]]) -> bytes:
+def _payload_head(origin: str, keys: list[list[str]] | None) -> bytes:
     return b'{"o":"%s","k":%s,"c":[' % (origin.encode(), orjson.dumps(keys))
 
 
 def decode_changes(payload: str) -> tuple[str, list[JobChange | str], list[tuple[str, str]] | None]:
     """The origin, the entries of a payload (an id, str, stands for a job to read) and the
-    ``(owner, key)`` pairs it names (None: sent by a tarefa that does not name them)."""
+    ``(owner, key)`` pairs it names (None: it cannot name them all; module doc)."""
     data = orjson.loads(payload)
     keys = data.get("k")
     pairs = None if keys is None else [(str(owner), str(key)) for owner, key in keys]

@@ -17,7 +17,8 @@ conflict check answers the second call as a replay: the filter only spares the r
 A long-lived process adds far more keys than it found at open. :class:`KeysSeen` holds the
 store's filter and grows it: once more pairs went in than it was sized for, the store scans its
 keyed jobs again (purged ones are gone by then) into a filter sized for twice as many. A pair added
-while that scan runs, and the pair of every insert not yet committed when it began, are logged and
+while that scan runs, the pair of every insert not yet ended when it began, and those of inserts
+that failed or were cancelled (they may have committed all the same) are logged and
 added to the new filter before it takes over: a key the scan's snapshot misses is one of those.
 """
 
@@ -30,7 +31,7 @@ from contextlib import contextmanager
 PROBES = 4
 BITS_PER_KEY = 16
 MIN_BITS = 1 << 23  # 1 MiB: half a million keys at 16 bits each
-UNSURE_KEPT = 10_000  # pairs of cancelled inserts kept for the next scan's log
+UNSURE_KEPT = 10_000  # pairs of failed or cancelled inserts kept for the next scan's log
 
 
 class SeenKeys:
@@ -91,7 +92,7 @@ class KeysSeen:
     def __init__(self, first: SeenKeys, *, scanned: bool) -> None:
         self._filter = first
         self._in_flight: Counter[tuple[str, str]] = Counter()  # pairs whose insert has not ended
-        # pairs of inserts whose caller was cancelled: the insert may still commit, at any time
+        # pairs of inserts that failed or were cancelled: the insert may have committed, or still may
         self._unsure: deque[tuple[str, str]] = deque(maxlen=UNSURE_KEPT)
         self._log: list[tuple[str, str]] | None = None  # while a scan for the next filter runs
         self.scanned = scanned
@@ -108,15 +109,15 @@ class KeysSeen:
     @contextmanager
     def inserting(self, owner: str, key: str) -> Iterator[None]:
         """Around an insert of ours: its pair is added before it commits, and is known to be in
-        flight until it has ended (committed or not)."""
+        flight until it has ended. An insert that failed or was cancelled may have committed all
+        the same (a connection lost during its commit): its pair is kept for the next scan's log."""
         pair = (owner, key)
         self.add(owner, key)
         self._in_flight[pair] += 1
         try:
             yield
-        except BaseException as exc:
-            if not isinstance(exc, Exception):  # cancelled: it may have reached its batch all the same
-                self._unsure.append(pair)
+        except BaseException:
+            self._unsure.append(pair)
             raise
         finally:
             self._in_flight[pair] -= 1

@@ -212,6 +212,19 @@ def test_the_store_latency_tool_measures_jobs() -> None:
                         r"\d+ µs CPU per job \(every thread\)\n", done.stdout), done.stdout  # fmt: skip
 
 
+def _count_inline_reads(store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The store's reads on the event loop's connection from now on."""
+    reads: list[object] = []
+    read = store._read_inline
+
+    def counted(step: object) -> object:
+        reads.append(step)
+        return read(step)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "_read_inline", counted)
+    return reads
+
+
 async def test_a_crowded_filter_of_keys_is_scanned_again_into_a_bigger_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -229,14 +242,7 @@ async def test_a_crowded_filter_of_keys_is_scanned_again_into_a_bigger_one(
             while store._key_scan is None or not store._key_scan.done():
                 await asyncio.sleep(0.01)
         assert store._seen is not None and store._seen._filter.capacity >= 300
-        reads: list[object] = []
-        read = store._read_inline
-
-        def counted(step: object) -> object:
-            reads.append(step)
-            return read(step)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(store, "_read_inline", counted)
+        reads = _count_inline_reads(store, monkeypatch)
         for n, first in enumerate(created):
             replayed = await store.replay_idempotent("ana", Idempotency(f"k{n}", "h"))
             assert replayed is not None and replayed.job.id == first.job.id
@@ -262,14 +268,7 @@ async def test_a_new_key_is_known_new_without_a_read_and_a_seen_one_is_replayed(
     store = SQLiteStore(path)  # a new process, as after a restart: the filter comes from the file
     await store.open()
     try:
-        reads: list[object] = []
-        read = store._read_inline
-
-        def counted(step: object) -> object:
-            reads.append(step)
-            return read(step)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(store, "_read_inline", counted)
+        reads = _count_inline_reads(store, monkeypatch)
         replayed = await store.replay_idempotent("ana", key)
         assert replayed is not None and replayed.job.id == first.job.id and len(reads) == 1
         with pytest.raises(IdempotencyMismatch):

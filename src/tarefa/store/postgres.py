@@ -101,8 +101,6 @@ logger = logging.getLogger("tarefa.store.postgres")
 DELETED_IDS_RETENTION = timedelta(days=1)
 #: The filter of keys seen answers only while the LISTEN connection was heard this recently (seconds).
 KEYS_FRESH = 0.25
-#: After a scan of the keys failed, the next one waits this long (seconds).
-KEYS_RESCAN_DELAY = 10.0
 _Number = TypeVar("_Number", int, float)
 _T = TypeVar("_T")
 
@@ -136,7 +134,6 @@ class PostgresStore(JobStore, Documents):
         self._keys: KeysSeen | None = None
         self._keys_unnamed = False  # an older tarefa's notification was heard: the filter is off
         self._key_scan: asyncio.Task[None] | None = None
-        self._key_scan_after = 0.0  # monotonic: no scan before (one failed)
         self._writer = GroupCommit(
             self._open_pool,
             lambda changes: encode_changes(self._origin, changes),
@@ -185,7 +182,7 @@ class PostgresStore(JobStore, Documents):
             self._pool = pool
             self._writer.start()
             if not self._keys_unnamed:
-                self._keys, self._key_scan_after = KeysSeen(SeenKeys(), scanned=False), 0.0
+                self._keys = KeysSeen(SeenKeys(), scanned=False)
                 self._scan_keys_if_due(self._keys)
 
     async def close(self) -> None:
@@ -502,17 +499,13 @@ class PostgresStore(JobStore, Documents):
             self._scan_keys_if_due(keys)
 
     def _scan_keys_if_due(self, keys: KeysSeen) -> None:
-        """Scan the keys into a new filter if this one is not filled yet or is crowded, unless a
-        scan is running (or failed lately)."""
-        if (keys.scanned and not keys.crowded) or keys is not self._keys or self._pool is None:
-            return
-        if (self._key_scan is not None and not self._key_scan.done()) or time.monotonic() < self._key_scan_after:
-            return
-        self._key_scan = asyncio.create_task(self._scan_keys(keys), name="tarefa-postgres-keys")
+        """Scan the keys into a new filter if :attr:`KeysSeen.due` (not filled yet, or crowded)."""
+        if keys is self._keys and self._pool is not None and keys.due:
+            keys.begin_scan()
+            self._key_scan = asyncio.create_task(self._scan_keys(keys), name="tarefa-postgres-keys")
 
     async def _scan_keys(self, keys: KeysSeen) -> None:
         """Every keyed job's pair, into a filter sized for twice as many, which then takes over."""
-        keys.begin_scan()
         fresh: SeenKeys | None = None
 
         async def scan(cursor: Cursor) -> SeenKeys:
@@ -526,7 +519,6 @@ class PostgresStore(JobStore, Documents):
         try:
             fresh = await self._on_connection(scan)
         except StoreError as exc:
-            self._key_scan_after = time.monotonic() + KEYS_RESCAN_DELAY
             logger.warning("cannot scan the Idempotency-Keys (%s): keyed calls read their keys meanwhile", exc)
         finally:
             keys.end_scan(fresh)

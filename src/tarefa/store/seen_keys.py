@@ -24,6 +24,7 @@ added to the new filter before it takes over: a key the scan's snapshot misses i
 
 from __future__ import annotations
 
+import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ PROBES = 4
 BITS_PER_KEY = 16
 MIN_BITS = 1 << 23  # 1 MiB: half a million keys at 16 bits each
 UNSURE_KEPT = 10_000  # pairs of failed or cancelled inserts kept for the next scan's log
+RESCAN_DELAY = 10.0  # seconds after a failed scan before the next one
 
 
 class SeenKeys:
@@ -87,7 +89,7 @@ class KeysSeen:
     """A store's filter of keys seen, and its growth (module doc). ``scanned``: the store has filled
     it from every keyed job (until then :meth:`may_hold` answers True)."""
 
-    __slots__ = ("_filter", "_in_flight", "_log", "_unsure", "scanned")
+    __slots__ = ("_filter", "_in_flight", "_log", "_retry_at", "_unsure", "scanned")
 
     def __init__(self, first: SeenKeys, *, scanned: bool) -> None:
         self._filter = first
@@ -95,6 +97,7 @@ class KeysSeen:
         # pairs of inserts that failed or were cancelled: the insert may have committed, or still may
         self._unsure: deque[tuple[str, str]] = deque(maxlen=UNSURE_KEPT)
         self._log: list[tuple[str, str]] | None = None  # while a scan for the next filter runs
+        self._retry_at = 0.0  # monotonic: no scan before (one failed)
         self.scanned = scanned
 
     def may_hold(self, owner: str, key: str) -> bool:
@@ -129,6 +132,16 @@ class KeysSeen:
         """More pairs went in than the filter was sized for, and no scan is running."""
         return self._log is None and self._filter.added > self._filter.capacity
 
+    @property
+    def due(self) -> bool:
+        """A scan should begin now: the filter is not filled yet or is crowded, no scan is running,
+        and none failed in the last :data:`RESCAN_DELAY` seconds."""
+        return (
+            self._log is None
+            and (not self.scanned or self._filter.added > self._filter.capacity)
+            and time.monotonic() >= self._retry_at
+        )
+
     def begin_scan(self) -> None:
         """A scan of every keyed job begins after this: log what it may miss from now on."""
         self._log = [*self._in_flight, *self._unsure]
@@ -137,6 +150,7 @@ class KeysSeen:
         """The scan's filter (None: it failed) takes over, with the pairs logged since it began."""
         log, self._log = self._log, None
         if scanned is None or log is None:
+            self._retry_at = time.monotonic() + RESCAN_DELAY
             return
         for owner, key in log:
             scanned.add(owner, key)

@@ -21,7 +21,6 @@ import fcntl
 import logging
 import os
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -57,10 +56,8 @@ NO_CHANGES: tuple[JobChange, ...] = ()
 #: a statement may have in SQLite before 3.32.
 EVENTS_PER_STATEMENT = 64
 _BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
-#: What an inline read gives when it cannot read now (see ``SQLiteStore._read_inline``).
 logger = logging.getLogger("tarefa.store.sqlite")
-#: After a scan of the keys failed, the next one waits this long (seconds).
-KEYS_RESCAN_DELAY = 10.0
+#: What an inline read gives when it cannot read now (see ``SQLiteStore._read_inline``).
 _BUSY_NOW = object()
 CODEC = Codec(
     encoders={"time": model.to_microseconds, "json": json_text, "bool": int},
@@ -308,7 +305,6 @@ class SQLiteStore(JobStore, Documents):
         self._lock_fd: int | None = None
         self._seen: KeysSeen | None = None  # the keys that may have a job (seen_keys), once open
         self._key_scan: asyncio.Task[None] | None = None  # a scan for a bigger filter (seen_keys)
-        self._key_scan_after = 0.0  # monotonic: no scan before (one failed)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -418,23 +414,18 @@ class SQLiteStore(JobStore, Documents):
             return await super().create_job(job, idempotency=idempotency, **checks)
         with seen.inserting(str(job.owner), idempotency.key):  # added before the insert commits (seen_keys)
             created = await super().create_job(job, idempotency=idempotency, **checks)
-        if (
-            seen.crowded
-            and (self._key_scan is None or self._key_scan.done())
-            and time.monotonic() >= self._key_scan_after
-        ):
+        if seen.due:
+            seen.begin_scan()
             self._key_scan = asyncio.create_task(self._rescan_keys(seen), name="tarefa-sqlite-keys")
         return created
 
     async def _rescan_keys(self, seen: KeysSeen) -> None:
         """A bigger filter, from the keyed jobs the file has now (:class:`KeysSeen`)."""
-        seen.begin_scan()
         fresh: SeenKeys | None = None
         try:
             if self._reader is not None:
                 fresh = await self._reader.call(_scan_keys)
         except StoreError as exc:  # the filter keeps answering as it is; a crowded insert tries again later
-            self._key_scan_after = time.monotonic() + KEYS_RESCAN_DELAY
             logger.warning("cannot scan the Idempotency-Keys for a bigger filter: %s", exc)
         finally:
             seen.end_scan(fresh)
